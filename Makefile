@@ -1,0 +1,38 @@
+# seq2seq: every target sets itself up first (virtualenv + dependencies, once).
+PYTHON  ?= python3
+VENV    ?= .venv
+TORCH   ?= torch==2.13.0
+CONFIG  ?= configs/tatoeba-en-fr.yaml
+ARGS    ?=
+# The newest best.ckpt under checkpoints/, unless CKPT=path is given.
+CKPT    ?= $(shell ls -t checkpoints/*/best.ckpt 2>/dev/null | head -n 1)
+BIN      = $(VENV)/bin
+
+.PHONY: setup train translate evaluate test clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+train: setup
+	$(BIN)/seq2seq train --config $(CONFIG) $(ARGS)
+
+translate: setup
+	@test -n "$(CKPT)" || { echo "No checkpoint found: run 'make train' first or pass CKPT=path" >&2; exit 1; }
+	@$(BIN)/seq2seq translate --checkpoint $(CKPT) $(ARGS)
+
+evaluate: setup
+	@test -n "$(CKPT)" || { echo "No checkpoint found: run 'make train' first or pass CKPT=path" >&2; exit 1; }
+	$(BIN)/seq2seq evaluate --checkpoint $(CKPT) $(ARGS)
+
+test: setup
+	$(BIN)/python -m pytest $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

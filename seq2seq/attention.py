@@ -1,0 +1,114 @@
+"""`Attn`: the attention module of the course this project grew from, batched and masked.
+
+Three score rules, then the same ending: the attended values are concatenated with the
+query and one linear layer gives an output of the requested size.
+
+- ``concat``   scores = Linear([query; key]) over a fixed number of positions
+               (position-based: it can only attend to `value_size1` positions).
+- ``additive`` scores = v · tanh(W [query; key_j]) for each key j (Bahdanau; content-based).
+- ``dot``      scores = query · key_j / sqrt(d) (the query is projected to the key size
+               when the two differ).
+
+Shapes: B batch, T queries (decoder steps), S source positions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from seq2seq.errors import Seq2SeqError
+
+RULES = ("concat", "additive", "dot")
+
+
+class Attn(nn.Module):
+    """Attention with the course's signature: `Attn(query_size, key_size, value_size1, value_size2, output_size)`.
+
+    `value_size1` is the number of value positions the ``concat`` rule can score (its
+    `max_length`); `value_size2` is the size of one value vector. `attention_size` is the
+    hidden size of the ``additive`` rule.
+    """
+
+    def __init__(
+        self,
+        query_size: int,
+        key_size: int,
+        value_size1: int,
+        value_size2: int,
+        output_size: int,
+        rule: str = "concat",
+        attention_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        if rule not in RULES:
+            raise Seq2SeqError(f"unknown attention rule {rule!r}; choose one of {', '.join(RULES)}")
+        self.rule = rule
+        self.query_size, self.key_size = query_size, key_size
+        self.value_size1, self.value_size2 = value_size1, value_size2
+        self.output_size = output_size
+        if rule == "concat":
+            self.attn = nn.Linear(query_size + key_size, value_size1)
+        elif rule == "additive":
+            # Linear([q; k]) == W_q q + W_k k: split so keys are projected once per batch.
+            hidden = attention_size or key_size
+            self.query_proj = nn.Linear(query_size, hidden, bias=False)
+            self.key_proj = nn.Linear(key_size, hidden)
+            self.energy = nn.Linear(hidden, 1, bias=False)
+        elif query_size != key_size:
+            self.query_proj = nn.Linear(query_size, key_size, bias=False)
+        self.attn_combine = nn.Linear(query_size + value_size2, output_size)
+
+    def forward(self, Q: Tensor, K: Tensor, V: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """One attention step in the course's layout.
+
+        Q: (1, B, query_size). K: (1, B, key_size) for ``concat``, (B, S, key_size) otherwise.
+        V: (B, S, value_size2). mask: (B, S), True where a position is real (not padding).
+        Returns output (1, B, output_size) and weights (B, S).
+        """
+        queries = Q.transpose(0, 1)  # (B, 1, q)
+        keys = K.transpose(0, 1) if self.rule == "concat" else K
+        output, weights = self.attend(queries, self.project_keys(keys), V, mask)
+        return output.transpose(0, 1), weights.squeeze(1)
+
+    def project_keys(self, keys: Tensor) -> Tensor:
+        """What `attend` expects as keys; for ``additive`` the key half of the linear layer.
+
+        Call it once per batch and reuse the result at every decoder step.
+        """
+        return self.key_proj(keys) if self.rule == "additive" else keys
+
+    def attend(self, queries: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Batched attention for T queries at once.
+
+        queries: (B, T, query_size). keys: from `project_keys`; (B, T, key_size) for
+        ``concat`` (one key per query), (B, S, *) otherwise. values: (B, S, value_size2).
+        mask: (B, S) bool. Returns output (B, T, output_size) and weights (B, T, S):
+        exactly zero on padding, summing to 1 over S.
+        """
+        scores = self.score(queries, keys, values.size(1))  # (B, T, S)
+        if mask is not None:
+            scores = scores.masked_fill(~mask.unsqueeze(1), float("-inf"))
+        weights = F.softmax(scores, dim=-1)  # (B, T, S)
+        context = torch.bmm(weights, values)  # (B, T, value_size2)
+        output = self.attn_combine(torch.cat((queries, context), dim=-1))  # (B, T, output_size)
+        return output, weights
+
+    def score(self, queries: Tensor, keys: Tensor, positions: int) -> Tensor:
+        """Unnormalized scores (B, T, S)."""
+        if self.rule == "concat":
+            if positions > self.value_size1:
+                raise Seq2SeqError(
+                    f"the concat attention rule scores at most {self.value_size1} positions, "
+                    f"got {positions}: shorten the input or raise the model's max_source_length"
+                )
+            return self.attn(torch.cat((queries, keys), dim=-1))[..., :positions]  # (B, T, S)
+        if self.rule == "additive":
+            hidden = self.query_proj(queries).unsqueeze(2) + keys.unsqueeze(1)  # (B, T, S, A)
+            return self.energy(torch.tanh(hidden)).squeeze(-1)  # (B, T, S)
+        if self.query_size != self.key_size:
+            queries = self.query_proj(queries)
+        return torch.bmm(queries, keys.transpose(1, 2)) / math.sqrt(self.key_size)  # (B, T, S)

@@ -1,0 +1,265 @@
+"""The LightningDataModule: corpus → SentencePiece → ids → token-count batches.
+
+`prepare_data` (one process) fetches the corpus and trains the tokenizers, caching both
+under the data folder; `setup` (every process) reads the splits and encodes them once,
+so the training loop only ever sees ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Sampler
+
+from seq2seq.corpora import Corpus, Example, open_corpus, training_pairs
+from seq2seq.errors import Seq2SeqError
+from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer, train_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+class Batch(NamedTuple):
+    """Padded ids plus lengths. `index` points back into the split's example list."""
+
+    source: Tensor  # (B, S) ids + eos
+    source_lengths: Tensor  # (B,)
+    target_in: Tensor  # (B, T) bos + ids
+    target_out: Tensor  # (B, T) ids + eos
+    index: Tensor  # (B,)
+
+
+class EncodedPair(NamedTuple):
+    source: list[int]  # ids + eos
+    target: list[int]  # ids (no bos/eos)
+    index: int
+
+
+def collate(pairs: Sequence[EncodedPair]) -> Batch:
+    """Pad a list of encoded pairs into a `Batch`."""
+    batch = len(pairs)
+    source_len = max(len(p.source) for p in pairs)
+    target_len = max(len(p.target) for p in pairs) + 1
+    source = torch.full((batch, source_len), PAD_ID, dtype=torch.long)
+    target_in = torch.full((batch, target_len), PAD_ID, dtype=torch.long)
+    target_out = torch.full((batch, target_len), PAD_ID, dtype=torch.long)
+    for row, pair in enumerate(pairs):
+        source[row, : len(pair.source)] = torch.tensor(pair.source)
+        target_in[row, : len(pair.target) + 1] = torch.tensor([BOS_ID, *pair.target])
+        target_out[row, : len(pair.target) + 1] = torch.tensor([*pair.target, EOS_ID])
+    lengths = torch.tensor([len(p.source) for p in pairs])
+    return Batch(source, lengths, target_in, target_out, torch.tensor([p.index for p in pairs]))
+
+
+class TokenBatchSampler(Sampler[list[int]]):
+    """Batches of about `max_tokens` padded tokens, built from sentences of similar length.
+
+    Shuffled: each epoch shuffles, sorts by length inside pools of `pool_batches` batches
+    (little padding, still random), then shuffles the batch order. Deterministic for a
+    given seed and epoch, so a resumed run sees the same batches.
+    """
+
+    def __init__(self, lengths: Sequence[int], max_tokens: int, shuffle: bool, seed: int = 0, pool_batches: int = 100) -> None:
+        self.lengths = torch.tensor(lengths)
+        self.max_tokens = max_tokens
+        self.shuffle = shuffle
+        self.seed = seed
+        self.pool_batches = pool_batches
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def batches(self) -> list[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        if not self.shuffle:
+            return self._cut(torch.argsort(self.lengths, stable=True))
+        order = torch.randperm(len(self.lengths), generator=generator)
+        pool = max(1, self.pool_batches * self.max_tokens // max(1, int(self.lengths.float().mean())))
+        batches = []
+        for start in range(0, len(order), pool):
+            chunk = order[start : start + pool]
+            batches += self._cut(chunk[torch.argsort(self.lengths[chunk], stable=True)])
+        permutation = torch.randperm(len(batches), generator=generator).tolist()
+        return [batches[i] for i in permutation]
+
+    def _cut(self, order: Tensor) -> list[list[int]]:
+        batches, current, longest = [], [], 0
+        for index, length in zip(order.tolist(), self.lengths[order].tolist()):
+            if current and max(longest, length) * (len(current) + 1) > self.max_tokens:
+                batches.append(current)
+                current, longest = [], 0
+            current.append(index)
+            longest = max(longest, length)
+        if current:
+            batches.append(current)
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches())
+
+    def __len__(self) -> int:
+        return len(self.batches())
+
+
+class TranslationDataModule(L.LightningDataModule):
+    """A corpus for one direction, tokenized with SentencePiece and batched by tokens.
+
+    Args:
+        corpus: tatoeba, multi30k or custom.
+        source_lang: source language code (e.g. en).
+        target_lang: target language code (e.g. fr).
+        custom_files: for corpus custom: {split: [source_file, target_file]} or {split: [file.tsv]};
+            splits train and valid are required, any other split is a test split.
+        data_dir: where corpora and tokenizers are cached.
+        mirror: folder to copy corpus files from instead of downloading
+            (default: $SEQ2SEQ_DATA_MIRROR).
+        vocab_size: SentencePiece vocabulary size per side (or shared, if joint).
+        tokenizer_type: unigram or bpe.
+        joint_vocabulary: one SentencePiece model for both languages.
+        max_tokens: padded tokens per batch (the longer side counts).
+        max_length: training pairs with a side longer than this many tokens are dropped.
+        max_train_examples: keep only the first N training examples (for quick experiments).
+        num_workers: DataLoader worker processes (batches are cheap: 0 is usually best).
+        seed: seed of the batch shuffling.
+    """
+
+    def __init__(
+        self,
+        corpus: str = "tatoeba",
+        source_lang: str = "en",
+        target_lang: str = "fr",
+        custom_files: dict[str, list[str]] | None = None,
+        data_dir: str = "data",
+        mirror: str | None = None,
+        vocab_size: int = 8000,
+        tokenizer_type: str = "unigram",
+        joint_vocabulary: bool = False,
+        max_tokens: int = 2048,
+        max_length: int = 100,
+        max_train_examples: int | None = None,
+        num_workers: int = 0,
+        seed: int = 1234,
+    ) -> None:
+        super().__init__()
+        self.corpus: Corpus = open_corpus(corpus, source_lang, target_lang, custom_files)
+        self.corpus_name = corpus
+        self.custom_files = custom_files
+        self.data_dir = Path(data_dir)
+        self.mirror = mirror
+        self.vocab_size = vocab_size
+        self.tokenizer_type = tokenizer_type
+        self.joint_vocabulary = joint_vocabulary
+        self.max_tokens = max_tokens
+        self.max_length = max_length
+        self.max_train_examples = max_train_examples
+        self.num_workers = num_workers
+        self.seed = seed
+        self.source_tokenizer: Tokenizer | None = None
+        self.target_tokenizer: Tokenizer | None = None
+        self.splits: dict[str, list[Example]] = {}
+
+    # ------------------------------------------------------------------ description
+
+    def describe(self) -> dict:
+        """Enough to reopen this corpus later (evaluate reads it from the checkpoint)."""
+        return {
+            "corpus": self.corpus_name,
+            "source_lang": self.corpus.source_lang,
+            "target_lang": self.corpus.target_lang,
+            "custom_files": self.custom_files,
+            "data_dir": str(self.data_dir),
+            "valid_split": self.corpus.valid_split,
+            "test_splits": list(self.corpus.test_splits),
+        }
+
+    def _tokenizer_paths(self) -> tuple[Path, Path]:
+        settings = json.dumps(
+            [self.describe(), self.vocab_size, self.tokenizer_type, self.joint_vocabulary, self.max_train_examples],
+            sort_keys=True,
+        )
+        key = hashlib.sha256(settings.encode()).hexdigest()[:16]
+        folder = self.data_dir / "tokenizers" / f"{self.corpus_name}-{self.corpus.pair}-{key}"
+        return folder / "source.model", folder / "target.model"
+
+    # ------------------------------------------------------------------ Lightning hooks
+
+    def load_splits(self) -> dict[str, list[Example]]:
+        splits = self.corpus.load(self.data_dir)
+        if self.max_train_examples is not None:
+            splits[self.corpus.train_split] = splits[self.corpus.train_split][: self.max_train_examples]
+        for name in (self.corpus.train_split, self.corpus.valid_split):
+            if not splits.get(name):
+                raise Seq2SeqError(f"the {name} split of corpus {self.corpus_name} ({self.corpus.pair}) is empty after cleaning")
+        return splits
+
+    def prepare_data(self) -> None:
+        """Fetch the corpus and train the tokenizers (once; both are cached on disk)."""
+        self.corpus.prepare(self.data_dir, self.mirror)
+        source_path, target_path = self._tokenizer_paths()
+        if source_path.exists() and target_path.exists():
+            return
+        pairs = training_pairs(self.load_splits()[self.corpus.train_split])
+        sources = list(dict.fromkeys(s for s, _ in pairs))
+        targets = [t for _, t in pairs]
+        if self.joint_vocabulary:
+            joint = train_tokenizer(sources + targets, self.vocab_size, self.tokenizer_type)
+            source_model = target_model = joint.model_proto
+        else:
+            source_model = train_tokenizer(sources, self.vocab_size, self.tokenizer_type).model_proto
+            target_model = train_tokenizer(targets, self.vocab_size, self.tokenizer_type).model_proto
+        source_path.parent.mkdir(parents=True, exist_ok=True)
+        for path, model in ((source_path, source_model), (target_path, target_model)):
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(model)
+            os.replace(tmp, path)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.source_tokenizer is not None:
+            return
+        source_path, target_path = self._tokenizer_paths()
+        self.source_tokenizer = Tokenizer(source_path.read_bytes())
+        self.target_tokenizer = Tokenizer(target_path.read_bytes())
+        self.splits = self.load_splits()
+        train = training_pairs(self.splits[self.corpus.train_split])
+        self.train_pairs = [p for p in self.encode(train) if max(len(p.source), len(p.target) + 1) <= self.max_length]
+        dropped = len(train) - len(self.train_pairs)
+        print(
+            "Corpus {} {}: {}; {} training pairs longer than {} tokens dropped".format(
+                self.corpus_name,
+                self.corpus.pair,
+                ", ".join(f"{name} {len(examples):,} sources" for name, examples in self.splits.items()),
+                f"{dropped:,}",
+                self.max_length,
+            )
+        )
+        self.valid_pairs = self.encode_examples(self.corpus.valid_split)
+
+    def encode(self, pairs: Sequence[tuple[str, str]]) -> list[EncodedPair]:
+        """Ids of (source, target) pairs: source gets eos, target stays bare."""
+        sources = self.source_tokenizer.encode([s for s, _ in pairs])
+        targets = self.target_tokenizer.encode([t for _, t in pairs])
+        return [EncodedPair(s + [EOS_ID], t, i) for i, (s, t) in enumerate(zip(sources, targets))]
+
+    def encode_examples(self, split: str) -> list[EncodedPair]:
+        """One pair per example (its first reference, for the loss); index = example number."""
+        return self.encode([(e.source, e.references[0]) for e in self.splits[split]])
+
+    def _loader(self, pairs: list[EncodedPair], shuffle: bool) -> DataLoader:
+        lengths = [max(len(p.source), len(p.target) + 1) for p in pairs]
+        sampler = TokenBatchSampler(lengths, self.max_tokens, shuffle=shuffle, seed=self.seed)
+        return DataLoader(pairs, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_pairs, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.valid_pairs, shuffle=False)

@@ -1,0 +1,90 @@
+"""`seq2seq train`: LightningCLI over `TranslationModule` and `TranslationDataModule`.
+
+LightningCLI gives YAML configs with dotted command-line overrides, rejects unknown
+keys, prints every default with `--print_config`, and saves the resolved config in the
+run folder. On top of it this adds the run folder (`checkpoints/<run_name>/`) holding
+best.ckpt, last.ckpt, metrics.csv and config.yaml; a CPU time budget; and resuming from
+the run's last.ckpt when one exists.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from jsonargparse import Namespace
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from seq2seq.data import TranslationDataModule
+from seq2seq.training import TranslationModule
+
+
+class TrainingCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--run_name", type=str, default="run", help="run folder name under checkpoint_dir")
+        parser.add_argument("--checkpoint_dir", type=str, default="checkpoints", help="where run folders go")
+        parser.add_argument(
+            "--cpu_max_time",
+            type=str | None,
+            default=None,
+            help="trainer.max_time (DD:HH:MM:SS) applied only when training on CPU; GPUs train to early stopping",
+        )
+        parser.add_argument(
+            "--ckpt_path", type=str | None, default=None, help="resume from this checkpoint (default: the run's last.ckpt)"
+        )
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val_bleu",
+                "checkpoint.mode": "max",
+                "checkpoint.filename": "best",
+                "checkpoint.save_last": True,
+                "checkpoint.enable_version_counter": False,
+            }
+        )
+        parser.add_lightning_class_args(EarlyStopping, "early_stopping")
+        parser.set_defaults({"early_stopping.monitor": "val_bleu", "early_stopping.mode": "max", "early_stopping.patience": 5})
+        parser.link_arguments(("checkpoint_dir", "run_name"), "checkpoint.dirpath", compute_fn=run_folder)
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config
+        folder = run_folder(config.checkpoint_dir, config.run_name)
+        config.trainer.default_root_dir = folder
+        if config.trainer.logger in (None, True):
+            config.trainer.logger = Namespace(
+                class_path="lightning.pytorch.loggers.CSVLogger",
+                init_args=Namespace(save_dir=folder, name="", version=""),
+            )
+        on_gpu = torch.cuda.is_available() and config.trainer.accelerator in ("auto", "gpu", "cuda")
+        if config.cpu_max_time and config.trainer.max_time is None and not on_gpu:
+            config.trainer.max_time = config.cpu_max_time
+
+
+def run_folder(checkpoint_dir: str, run_name: str) -> str:
+    return str(Path(checkpoint_dir) / run_name)
+
+
+def train(argv: Sequence[str]) -> TrainingCLI:
+    """Parse `argv` like the command line, then fit (resuming the run if it has a last.ckpt)."""
+    warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
+    cli = TrainingCLI(
+        TranslationModule,
+        TranslationDataModule,
+        args=list(argv),
+        run=False,
+        seed_everything_default=1234,
+        save_config_kwargs={"overwrite": True},
+    )
+    resume = cli.config.ckpt_path
+    last = Path(run_folder(cli.config.checkpoint_dir, cli.config.run_name)) / "last.ckpt"
+    if resume is None and last.exists():
+        resume = str(last)
+        print(f"Resuming from {last}")
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=resume)
+    best = cli.trainer.checkpoint_callback.best_model_path
+    if best:
+        print(f"Best checkpoint: {best} (val_bleu {float(cli.trainer.checkpoint_callback.best_model_score):.2f})")
+    return cli

@@ -1,0 +1,156 @@
+"""The LightningModule: optimise the network, validate with loss and BLEU, checkpoint.
+
+The network itself (`model.Seq2Seq`) has no Lightning import; this module only wraps it.
+It is built in `setup`, once the data module has trained the tokenizers and so knows the
+vocabulary sizes. Every checkpoint carries what translation needs: the network settings,
+both SentencePiece models and a description of the corpus (`checkpoint["seq2seq"]`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+
+import lightning as L
+import sacrebleu
+import torch
+import torch.nn.functional as F
+
+from seq2seq.data import Batch, TranslationDataModule
+from seq2seq.model import ModelConfig, Seq2Seq
+from seq2seq.search import greedy_search
+from seq2seq.tokenizer import PAD_ID
+
+CHECKPOINT_FORMAT = 1
+
+
+class TranslationModule(L.LightningModule):
+    """Trains a `Seq2Seq` network.
+
+    Args:
+        network: sizes and switches of the network (see `ModelConfig`).
+        learning_rate: Adam's peak learning rate.
+        warmup_steps: linear warm-up from 0 to `learning_rate`.
+        lr_decay: factor applied to the learning rate when validation BLEU stops improving.
+        lr_patience: validations without BLEU improvement before the decay.
+        label_smoothing: of the cross-entropy loss (padding is ignored).
+        teacher_forcing: probability of feeding the reference token (1.0: always).
+        max_length_ratio: validation decoding stops at this many target tokens per source token.
+    """
+
+    def __init__(
+        self,
+        network: ModelConfig = ModelConfig(),
+        learning_rate: float = 1e-3,
+        warmup_steps: int = 500,
+        lr_decay: float = 0.5,
+        lr_patience: int = 2,
+        label_smoothing: float = 0.1,
+        teacher_forcing: float = 1.0,
+        max_length_ratio: float = 2.0,
+    ) -> None:
+        super().__init__()
+        self.network_config = network
+        self.learning_rate = learning_rate
+        self.warmup_steps = warmup_steps
+        self.lr_decay = lr_decay
+        self.lr_patience = lr_patience
+        self.label_smoothing = label_smoothing
+        self.teacher_forcing = teacher_forcing
+        self.max_length_ratio = max_length_ratio
+        self.net: Seq2Seq | None = None
+        self._hypotheses: dict[int, list[int]] = {}
+        self._last_batch_end: float | None = None
+        self._tokens_per_second = 0.0
+
+    # ------------------------------------------------------------------ building
+
+    @property
+    def data(self) -> TranslationDataModule:
+        return self.trainer.datamodule
+
+    def setup(self, stage: str) -> None:
+        if self.net is None:
+            self.net = Seq2Seq(
+                self.data.source_tokenizer.vocab_size, self.data.target_tokenizer.vocab_size, self.network_config
+            )
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.Adam(self.net.parameters(), lr=self.learning_rate)
+        warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(1, self.warmup_steps)))
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max", factor=self.lr_decay, patience=self.lr_patience
+        )
+        return [optimizer], [
+            {"scheduler": warmup, "interval": "step"},
+            {"scheduler": plateau, "interval": "epoch", "monitor": "val_bleu", "strict": False},
+        ]
+
+    # ------------------------------------------------------------------ steps
+
+    def loss(self, batch: Batch, teacher_forcing: float = 1.0) -> torch.Tensor:
+        logits = self.net(batch.source, batch.source_lengths, batch.target_in, teacher_forcing)  # (B, T, V)
+        return F.cross_entropy(
+            logits.flatten(0, 1).float(),
+            batch.target_out.flatten(),
+            ignore_index=PAD_ID,
+            label_smoothing=self.label_smoothing,
+        )
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        loss = self.loss(batch, self.teacher_forcing)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"training loss became {loss.item()} at step {self.global_step}: lower the "
+                "learning_rate or check the data; no checkpoint was written for this step"
+            )
+        self.log("train_loss", loss, prog_bar=True, batch_size=batch.source.size(0))
+        self.log("tok/s", self._tokens_per_second, prog_bar=True, batch_size=batch.source.size(0))
+        return loss
+
+    def on_train_batch_end(self, outputs, batch: Batch, batch_idx: int) -> None:
+        """Target tokens per second, smoothed over recent batches, for the progress bar."""
+        now = time.perf_counter()
+        if self._last_batch_end is not None:
+            rate = int((batch.target_out != PAD_ID).sum()) / max(now - self._last_batch_end, 1e-9)
+            self._tokens_per_second = rate if self._tokens_per_second == 0 else 0.9 * self._tokens_per_second + 0.1 * rate
+        self._last_batch_end = now
+
+    def on_train_epoch_start(self) -> None:
+        self._last_batch_end = None
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self.log("val_loss", self.loss(batch), prog_bar=True, batch_size=batch.source.size(0))
+        hypotheses = greedy_search(self.net, batch.source, batch.source_lengths, self.max_length_ratio)
+        for index, hypothesis in zip(batch.index.tolist(), hypotheses):
+            self._hypotheses[index] = hypothesis.tokens
+
+    def on_validation_epoch_end(self) -> None:
+        examples = self.data.splits[self.data.corpus.valid_split]
+        indices = sorted(self._hypotheses)
+        texts = self.data.target_tokenizer.decode([self._hypotheses[i] for i in indices])
+        self._hypotheses = {}
+        self.log("val_bleu", corpus_bleu(texts, [examples[i].references for i in indices]).score, prog_bar=True)
+
+    # ------------------------------------------------------------------ checkpoint
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["seq2seq"] = {
+            "format_version": CHECKPOINT_FORMAT,
+            "network": asdict(self.network_config),
+            "source_tokenizer": self.data.source_tokenizer.model_proto,
+            "target_tokenizer": self.data.target_tokenizer.model_proto,
+            "corpus": self.data.describe(),
+            "max_length_ratio": self.max_length_ratio,
+        }
+
+
+def corpus_bleu(hypotheses: list[str], references: list[tuple[str, ...]]) -> sacrebleu.metrics.bleu.BLEUScore:
+    """Detokenized sacreBLEU with any number of references per sentence."""
+    return sacrebleu.corpus_bleu(hypotheses, reference_streams(references))
+
+
+def reference_streams(references: list[tuple[str, ...]]) -> list[list[str | None]]:
+    """sacreBLEU's layout: one stream per reference rank, None where a sentence has fewer."""
+    width = max((len(r) for r in references), default=1)
+    return [[r[k] if k < len(r) else None for r in references] for k in range(width)]
