@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     translate.add_argument("--output", help="file to write (default: stdout)")
     translate.add_argument("--batch-size", type=int, default=64, help="sentences decoded together")
     translate.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    add_search_arguments(translate)
     translate.set_defaults(run=run_translate)
 
     evaluate = commands.add_parser("evaluate", help="BLEU and chrF on a split of the model's corpus")
@@ -56,8 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", help="split to score (default: every test split)")
     evaluate.add_argument("--mirror", help="folder to copy corpus files from (default: $SEQ2SEQ_DATA_MIRROR)")
     evaluate.add_argument("--batch-size", type=int, default=64, help="sentences decoded together")
+    add_search_arguments(evaluate)
     evaluate.set_defaults(run=run_evaluate)
     return parser
+
+
+def add_search_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--beam-size", type=int, default=1, help="1: greedy search (default); more: beam search")
+    parser.add_argument("--alpha", type=float, default=0.6, help="beam search length penalty (GNMT); 0: none")
 
 
 def run_translate(args: argparse.Namespace) -> None:
@@ -65,7 +72,7 @@ def run_translate(args: argparse.Namespace) -> None:
     from seq2seq.evaluate import write_lines
     from seq2seq.translate import Translator
 
-    translator = Translator.from_checkpoint(args.checkpoint, args.device)
+    translator = Translator.from_checkpoint(args.checkpoint, args.device, args.beam_size, args.alpha)
     if args.input is None and sys.stdin.isatty():
         interactive(translator)
         return
@@ -95,7 +102,9 @@ def interactive(translator) -> None:
 def run_evaluate(args: argparse.Namespace) -> None:
     from seq2seq.evaluate import evaluate_checkpoint
 
-    for split, scores in evaluate_checkpoint(args.checkpoint, args.split, args.mirror, args.batch_size).items():
+    for split, scores in evaluate_checkpoint(
+        args.checkpoint, args.split, args.mirror, args.batch_size, args.beam_size, args.alpha
+    ).items():
         print(f"{split}:")
         for result in scores:
             print(f"  {result}")

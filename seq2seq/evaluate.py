@@ -66,10 +66,15 @@ def write_lines(path: Path, lines: list[str]) -> None:
 
 
 def evaluate_checkpoint(
-    checkpoint: str | Path, split: str | None = None, mirror: str | None = None, batch_size: int = 64
+    checkpoint: str | Path,
+    split: str | None = None,
+    mirror: str | None = None,
+    batch_size: int = 64,
+    beam_size: int = 1,
+    alpha: float = 0.6,
 ) -> dict[str, list[Score]]:
     """Translate split(s) of the model's corpus, save the hypotheses beside the checkpoint, score them."""
-    translator = Translator.from_checkpoint(checkpoint)
+    translator = Translator.from_checkpoint(checkpoint, beam_size=beam_size, alpha=alpha)
     results = {}
     for name, examples in load_split(translator, split, mirror).items():
         hypotheses = translator.translate([e.source for e in examples], batch_size)

@@ -21,13 +21,16 @@ class Hypothesis:
 
     Attributes:
         tokens: target ids without bos/eos.
-        score: sum of the log-probabilities of the tokens and the final eos (if produced).
+        score: what the search ranked by: the log-probability, divided by the length
+            penalty in beam search.
+        log_probability: sum of the log-probabilities of the tokens and the final eos.
         attention: (steps, S) weights over the source, one row per generated token
             (the eos included when produced), S the unpadded source length.
     """
 
     tokens: list[int]
     score: float
+    log_probability: float
     attention: Tensor
 
 
@@ -76,13 +79,91 @@ def greedy_search(
             active, best, state = active[keep], best[keep], state.reorder(keep)
         previous = best
     return [
-        _hypothesis(tokens[i, : lengths[i]], float(scores[i]), attention[i, : lengths[i], : source_lengths[i]])
+        _hypothesis(tokens[i, : lengths[i]], attention[i, : lengths[i], : source_lengths[i]], float(scores[i]))
         for i in range(batch)
     ]
 
 
-def _hypothesis(steps: Tensor, score: float, attention: Tensor) -> Hypothesis:
+def _hypothesis(steps: Tensor, attention: Tensor, log_probability: float, score: float | None = None) -> Hypothesis:
+    """A finished output; `score` defaults to the log-probability."""
     ids = steps.tolist()
     if ids and ids[-1] == EOS_ID:
         ids = ids[:-1]
-    return Hypothesis(ids, score, attention.cpu())
+    return Hypothesis(ids, log_probability if score is None else score, log_probability, attention.cpu())
+
+
+def length_penalty(length: int, alpha: float) -> float:
+    """GNMT's length penalty ((5 + length) / 6) ** alpha: alpha 0 ranks by log-probability alone."""
+    return ((5 + length) / 6) ** alpha
+
+
+@torch.no_grad()
+def beam_search(
+    model: torch.nn.Module,
+    source: Tensor,
+    source_lengths: Tensor,
+    beam_size: int = 5,
+    alpha: float = 0.6,
+    nbest: int = 1,
+    max_length_ratio: float = 2.0,
+    min_length: int = 10,
+) -> list[list[Hypothesis]]:
+    """Beam search for a whole batch: every sentence and beam in one decoder call per step.
+
+    Each step ranks the 2 * beam_size best extensions of every sentence: those ending in
+    eos among the first beam_size are set aside as finished, the best beam_size others go
+    on, so finished hypotheses never starve the beam. A sentence is done when it has
+    beam_size finished hypotheses or reaches its length cap; done sentences leave the
+    batch. Returns, per sentence, its `nbest` hypotheses, best first.
+    """
+    batch, source_len = source.shape
+    device = source.device
+    k = beam_size
+    caps = output_caps(source_lengths, max_length_ratio, min_length).to(device)  # (B,)
+    beams = torch.arange(k, device=device)
+    state = model.encode(source, source_lengths).reorder(torch.arange(batch, device=device).repeat_interleave(k))
+    active = torch.arange(batch, device=device)  # sentences still searching: A of them
+    scores = torch.full((batch, k), float("-inf"), device=device)  # (A, K)
+    scores[:, 0] = 0.0  # all beams start identical: expand only the first
+    history = torch.empty(batch * k, 0, dtype=torch.long, device=device)  # (A*K, t)
+    attention = torch.empty(batch * k, 0, source_len, device=device)  # (A*K, t, S)
+    previous = torch.full((batch * k,), BOS_ID, dtype=torch.long, device=device)
+    finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
+
+    for t in range(int(caps.max())):
+        logits, weights, state = model.decode_step(state, previous)  # (A*K, V), (A*K, S)
+        log_probs = F.log_softmax(logits.float(), dim=-1)
+        sentences, vocab = active.numel(), log_probs.size(-1)
+        candidates = (scores.view(-1, 1) + log_probs).view(sentences, k * vocab)  # (A, K*V)
+        top_scores, top_index = candidates.topk(2 * k, dim=-1)  # (A, 2K)
+        rows = torch.div(top_index, vocab, rounding_mode="floor") + (torch.arange(sentences, device=device) * k).unsqueeze(1)
+        tokens = top_index % vocab  # (A, 2K)
+        is_eos = tokens == EOS_ID
+        at_cap = t + 1 >= caps[active]  # (A,)
+        in_beam = torch.arange(2 * k, device=device) < k  # (2K,)
+        final = in_beam & (is_eos | at_cap.unsqueeze(1))  # (A, 2K)
+        for a, j in final.nonzero().tolist():
+            row, sentence = int(rows[a, j]), int(active[a])
+            steps = torch.cat((history[row], tokens[a, j : j + 1]))
+            rows_attention = torch.cat((attention[row], weights[row : row + 1].float()))
+            log_probability = float(top_scores[a, j])
+            score = log_probability / length_penalty(t + 1, alpha)
+            finished[sentence].append(_hypothesis(steps, rows_attention[:, : source_lengths[sentence]], log_probability, score))
+
+        next_scores, pick = top_scores.masked_fill(is_eos, float("-inf")).topk(k, dim=-1)  # (A, K)
+        next_rows = rows.gather(1, pick).flatten()  # (A*K,)
+        previous = tokens.gather(1, pick).flatten()  # (A*K,)
+        history = torch.cat((history[next_rows], previous.unsqueeze(1)), dim=1)
+        attention = torch.cat((attention[next_rows], weights[next_rows].float().unsqueeze(1)), dim=1)
+        state, scores = state.reorder(next_rows), next_scores
+
+        done = at_cap | torch.tensor([len(finished[int(s)]) >= k for s in active], device=device)  # (A,)
+        if done.any():
+            keep = (~done).nonzero().squeeze(1)
+            if keep.numel() == 0:
+                break
+            keep_rows = (keep.unsqueeze(1) * k + beams).flatten()
+            active, scores = active[keep], scores[keep]
+            state, previous = state.reorder(keep_rows), previous[keep_rows]
+            history, attention = history[keep_rows], attention[keep_rows]
+    return [sorted(hypotheses, key=lambda h: -h.score)[:nbest] for hypotheses in finished]

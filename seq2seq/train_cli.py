@@ -61,6 +61,15 @@ class TrainingCLI(LightningCLI):
         on_gpu = torch.cuda.is_available() and config.trainer.accelerator in ("auto", "gpu", "cuda")
         if config.cpu_max_time and config.trainer.max_time is None and not on_gpu:
             config.trainer.max_time = config.cpu_max_time
+        if not on_gpu and "bf16" in str(config.trainer.precision) and not cpu_has_bf16():
+            print("This CPU has no bf16 instructions (AVX512-BF16 or AMX): training in 32-true instead of bf16-mixed")
+            config.trainer.precision = "32-true"
+
+
+def cpu_has_bf16() -> bool:
+    """Whether bf16 matrix products run natively here (otherwise they are emulated, slowly)."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
 def run_folder(checkpoint_dir: str, run_name: str) -> str:
@@ -69,7 +78,12 @@ def run_folder(checkpoint_dir: str, run_name: str) -> str:
 
 def train(argv: Sequence[str]) -> TrainingCLI:
     """Parse `argv` like the command line, then fit (resuming the run if it has a last.ckpt)."""
-    warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
+    for noise in (
+        ".*args parameter is intended to run from within Python",  # we pass argv on purpose
+        ".*isinstance\\(treespec, LeafSpec\\)",  # Lightning's own deprecation, not ours
+        "Checkpoint directory .* exists and is not empty",  # the run folder also holds metrics.csv
+    ):
+        warnings.filterwarnings("ignore", message=noise)
     cli = TrainingCLI(
         TranslationModule,
         TranslationDataModule,

@@ -18,7 +18,7 @@ import torch
 
 from seq2seq.errors import Seq2SeqError
 from seq2seq.model import ModelConfig, Seq2Seq
-from seq2seq.search import Hypothesis, greedy_search
+from seq2seq.search import Hypothesis, beam_search, greedy_search
 from seq2seq.tokenizer import EOS_ID, Tokenizer
 from seq2seq.training import CHECKPOINT_FORMAT
 
@@ -67,19 +67,26 @@ class Translator:
         target_tokenizer: Tokenizer,
         max_length_ratio: float = 2.0,
         corpus: dict | None = None,
+        beam_size: int = 1,
+        alpha: float = 0.6,
     ) -> None:
+        """`beam_size` 1 is greedy search; `alpha` is beam search's GNMT length penalty."""
+        if beam_size < 1:
+            raise Seq2SeqError(f"beam size must be at least 1, got {beam_size}")
         self.net = net.eval()
         self.source_tokenizer = source_tokenizer
         self.target_tokenizer = target_tokenizer
         self.max_length_ratio = max_length_ratio
         self.corpus = corpus or {}
+        self.beam_size = beam_size
+        self.alpha = alpha
 
     @property
     def device(self) -> torch.device:
         return next(self.net.parameters()).device
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | None = None) -> Translator:
+    def from_checkpoint(cls, path: str | Path, device: str | None = None, beam_size: int = 1, alpha: float = 0.6) -> Translator:
         checkpoint = load_checkpoint(path)
         info = checkpoint["seq2seq"]
         source_tokenizer = Tokenizer(info["source_tokenizer"])
@@ -91,7 +98,9 @@ class Translator:
         except RuntimeError as error:
             raise Seq2SeqError(f"checkpoint {path} weights do not fit its network settings: {str(error)[:300]}") from None
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        return cls(net.to(device), source_tokenizer, target_tokenizer, info["max_length_ratio"], info["corpus"])
+        return cls(
+            net.to(device), source_tokenizer, target_tokenizer, info["max_length_ratio"], info["corpus"], beam_size, alpha
+        )
 
     def translate(self, lines: Sequence[str], batch_size: int = 64) -> list[str]:
         """One output line per input line; an empty or blank line gives an empty line."""
@@ -123,4 +132,8 @@ class Translator:
         source = torch.zeros(len(batch_ids), int(lengths.max()), dtype=torch.long)  # (B, S), PAD_ID = 0
         for row, ids in enumerate(batch_ids):
             source[row, : len(ids)] = torch.tensor(ids)
-        return greedy_search(self.net, source.to(self.device), lengths.to(self.device), self.max_length_ratio)
+        source, lengths = source.to(self.device), lengths.to(self.device)
+        if self.beam_size == 1:
+            return greedy_search(self.net, source, lengths, self.max_length_ratio)
+        best = beam_search(self.net, source, lengths, self.beam_size, self.alpha, 1, self.max_length_ratio)
+        return [nbest[0] for nbest in best]

@@ -1,0 +1,91 @@
+"""Train the tiny config on real Tatoeba pairs, then use it the way a user would."""
+
+import subprocess
+import sys
+
+import pytest
+
+from seq2seq.cli import main
+from seq2seq.data import TranslationDataModule
+from seq2seq.evaluate import score
+from seq2seq.translate import Translator, load_checkpoint
+from tests.conftest import read_metrics
+
+
+@pytest.fixture(scope="module")
+def training_examples(data_dir, mirror):
+    module = TranslationDataModule(data_dir=str(data_dir), mirror=str(mirror), max_train_examples=300, vocab_size=400)
+    return module.load_splits()["train"]
+
+
+def test_training_loss_falls(tiny_run):
+    losses = [float(row["train_loss"]) for row in read_metrics(tiny_run) if row.get("train_loss")]
+    assert losses[-1] < losses[0] / 10
+
+
+def test_run_folder_holds_checkpoints_config_and_metrics(tiny_run):
+    for name in ("best.ckpt", "last.ckpt", "config.yaml", "metrics.csv"):
+        assert (tiny_run / name).is_file(), name
+    assert any(row.get("val_bleu") for row in read_metrics(tiny_run))
+
+
+def test_tiny_model_reproduces_its_training_pairs(tiny_checkpoint, training_examples):
+    translator = Translator.from_checkpoint(tiny_checkpoint)
+    hypotheses = translator.translate([e.source for e in training_examples])
+    bleu = score(hypotheses, [e.references for e in training_examples])[0]
+    assert bleu.score > 90, bleu
+
+
+def test_checkpoint_alone_carries_tokenizers_and_settings(tiny_checkpoint):
+    info = load_checkpoint(tiny_checkpoint)["seq2seq"]
+    assert info["corpus"]["corpus"] == "tatoeba"
+    assert info["network"]["attention"] == "additive"
+    assert isinstance(info["source_tokenizer"], bytes) and isinstance(info["target_tokenizer"], bytes)
+
+
+def run_cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "seq2seq", *args], input=stdin, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_translate_command_writes_one_line_per_input_line(tiny_checkpoint, training_examples):
+    lines = [training_examples[0].source, "", "   ", training_examples[5].source]
+    result = run_cli("translate", "--checkpoint", str(tiny_checkpoint), stdin="\n".join(lines) + "\n")
+    assert result.returncode == 0, result.stderr
+    output = result.stdout.split("\n")[:-1]
+    assert len(output) == 4
+    assert output[0] in training_examples[0].references
+    assert output[1] == "" and output[2] == ""
+    assert output[3] in training_examples[5].references
+
+
+def test_translate_command_with_files(tiny_checkpoint, training_examples, tmp_path):
+    source = tmp_path / "in.en"
+    source.write_text("".join(e.source + "\r\n" for e in training_examples[:20]), encoding="utf-8")
+    result = run_cli("translate", "--checkpoint", str(tiny_checkpoint), "--input", str(source), "--output", str(tmp_path / "out.fr"))
+    assert result.returncode == 0, result.stderr
+    output = (tmp_path / "out.fr").read_text(encoding="utf-8").split("\n")[:-1]
+    assert len(output) == 20
+    assert sum(o in e.references for o, e in zip(output, training_examples)) >= 18
+
+
+def test_evaluate_command_prints_scores_and_saves_hypotheses(tiny_checkpoint, mirror, capsys):
+    assert main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--mirror", str(mirror)]) == 0
+    printed = capsys.readouterr().out
+    assert "BLEU = " in printed and "nrefs:var" in printed and "chrF = " in printed
+    hypotheses = (tiny_checkpoint.parent / "last.test.fr").read_text(encoding="utf-8").split("\n")[:-1]
+    assert len(hypotheses) == 2000
+
+
+def test_missing_checkpoint_is_one_line_and_exit_1(tmp_path):
+    result = run_cli("translate", "--checkpoint", str(tmp_path / "nope.ckpt"), stdin="hello\n")
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0
+    assert "does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unknown_config_key_is_rejected(tmp_path):
+    result = run_cli("train", "--config", "configs/tiny.yaml", "--model.network.hiden_size", "3")
+    assert result.returncode != 0
+    assert "hiden_size" in result.stderr

@@ -1,0 +1,125 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from seq2seq.model import ModelConfig, Seq2Seq
+from seq2seq.search import greedy_search
+from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID
+
+VOCAB = 50
+
+
+def network(**overrides) -> Seq2Seq:
+    torch.manual_seed(0)
+    config = ModelConfig(embedding_size=16, encoder_hidden_size=12, decoder_hidden_size=20, dropout=0.0, **overrides)
+    return Seq2Seq(VOCAB, VOCAB + 7, config).eval()
+
+
+def padded(sentences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = torch.tensor([len(s) for s in sentences])
+    batch = torch.full((len(sentences), int(lengths.max())), PAD_ID)
+    for row, sentence in enumerate(sentences):
+        batch[row, : len(sentence)] = torch.tensor(sentence)
+    return batch, lengths
+
+
+SENTENCES = [[5, 6, 7, 8, 9, EOS_ID], [10, 11, EOS_ID], [12, 13, 14, 15, 16, 17, 18, 19, EOS_ID]]
+
+
+@pytest.mark.parametrize("rule", ["additive", "dot", "concat"])
+@pytest.mark.parametrize("overrides", [{}, {"tie_embeddings": True, "encoder_layers": 2, "decoder_layers": 2}])
+def test_forward_backward_shapes(rule, overrides):
+    net = network(attention=rule, **overrides).train()
+    source, lengths = padded(SENTENCES)
+    target_in = torch.randint(4, VOCAB, (3, 5))
+    logits = net(source, lengths, target_in)
+    assert logits.shape == (3, 5, VOCAB + 7)
+    F.cross_entropy(logits.flatten(0, 1), torch.randint(4, VOCAB, (15,))).backward()
+    unused = [name for name, p in net.named_parameters() if p.grad is None]
+    assert unused == []
+
+
+@pytest.mark.parametrize("rule", ["additive", "dot", "concat"])
+def test_teacher_forced_pass_equals_step_by_step_decoding(rule):
+    net = network(attention=rule)
+    source, lengths = padded(SENTENCES)
+    target_in = torch.cat((torch.full((3, 1), BOS_ID), torch.randint(4, VOCAB, (3, 4))), dim=1)
+    whole = net(source, lengths, target_in)
+    state = net.encode(source, lengths)
+    for t in range(target_in.size(1)):
+        logits, _, state = net.decode_step(state, target_in[:, t])
+        torch.testing.assert_close(logits, whole[:, t], rtol=1e-4, atol=1e-5)
+
+
+def test_scheduled_sampling_feeds_predictions():
+    net = network()
+    source, lengths = padded(SENTENCES)
+    target_in = torch.randint(4, VOCAB, (3, 6))
+    forced = net(source, lengths, target_in, teacher_forcing=1.0)
+    sampled = net(source, lengths, target_in, teacher_forcing=0.0)
+    assert sampled.shape == forced.shape
+    torch.testing.assert_close(sampled[:, 0], forced[:, 0], rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(sampled[:, 1:], forced[:, 1:])
+
+
+@pytest.mark.parametrize("rule", ["additive", "dot", "concat"])
+def test_sentence_alone_and_in_padded_batch_give_the_same_output(rule):
+    net = network(attention=rule)
+    alone = [greedy_search(net, *padded([s]))[0] for s in SENTENCES]
+    together = greedy_search(net, *padded(SENTENCES))
+    for single, batched in zip(alone, together):
+        assert single.tokens == batched.tokens
+        assert single.score == pytest.approx(batched.score, abs=1e-4)
+        torch.testing.assert_close(single.attention, batched.attention, rtol=1e-4, atol=1e-5)
+
+
+def test_greedy_attention_covers_the_real_source_only():
+    net = network()
+    for sentence, hypothesis in zip(SENTENCES, greedy_search(net, *padded(SENTENCES))):
+        assert hypothesis.attention.shape[1] == len(sentence)
+        torch.testing.assert_close(hypothesis.attention.sum(-1), torch.ones(hypothesis.attention.shape[0]))
+
+
+def test_greedy_output_is_capped_by_source_length():
+    net = network()
+    source, lengths = padded(SENTENCES)
+    for hypothesis, length in zip(greedy_search(net, source, lengths, max_length_ratio=1.0, min_length=2), lengths):
+        assert len(hypothesis.tokens) <= int(length)
+
+
+def test_state_reorder_selects_batch_rows():
+    net = network()
+    source, lengths = padded(SENTENCES)
+    state = net.encode(source, lengths)
+    reordered = state.reorder(torch.tensor([2, 2, 0]))
+    torch.testing.assert_close(reordered.hidden[:, 0], state.hidden[:, 2])
+    torch.testing.assert_close(reordered.memory[2], state.memory[0])
+    assert reordered.source_mask[1].sum() == len(SENTENCES[2])
+
+
+def test_beam_of_one_equals_greedy():
+    from seq2seq.search import beam_search
+
+    net = network()
+    source, lengths = padded(SENTENCES)
+    greedy = greedy_search(net, source, lengths)
+    beam = beam_search(net, source, lengths, beam_size=1)
+    for g, (b,) in zip(greedy, beam):
+        assert b.tokens == g.tokens
+        assert b.log_probability == pytest.approx(g.log_probability, abs=1e-4)
+        torch.testing.assert_close(b.attention, g.attention)
+
+
+def test_beam_nbest_is_sorted_sized_and_batch_independent():
+    from seq2seq.search import beam_search
+
+    net = network()
+    source, lengths = padded(SENTENCES)
+    together = beam_search(net, source, lengths, beam_size=4, nbest=3)
+    for sentence, nbest in zip(SENTENCES, together):
+        assert len(nbest) == 3
+        assert [h.score for h in nbest] == sorted((h.score for h in nbest), reverse=True)
+        alone = beam_search(net, *padded([sentence]), beam_size=4, nbest=3)[0]
+        assert [h.tokens for h in alone] == [h.tokens for h in nbest]
+        for h in nbest:
+            assert h.attention.shape[1] == len(sentence)

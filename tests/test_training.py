@@ -1,0 +1,59 @@
+"""Short runs of the tiny config: seeding and resuming (weights compared exactly)."""
+
+from pathlib import Path
+
+import torch
+
+from seq2seq.train_cli import train
+from tests.conftest import TINY_CONFIG
+
+
+def short_run(folder: Path, data_dir: Path, mirror: Path, epochs: int, *extra: str) -> dict[str, torch.Tensor]:
+    cli = train(
+        [
+            "--config", str(TINY_CONFIG),
+            "--checkpoint_dir", str(folder),
+            "--data.data_dir", str(data_dir),
+            "--data.mirror", str(mirror),
+            "--trainer.max_epochs", str(epochs),
+            "--trainer.enable_progress_bar", "false",
+            *extra,
+        ]
+    )
+    return {name: tensor.detach().clone() for name, tensor in cli.model.net.state_dict().items()}
+
+
+def assert_same_weights(first: dict, second: dict) -> None:
+    assert first.keys() == second.keys()
+    for name in first:
+        torch.testing.assert_close(first[name], second[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_same_seed_gives_the_same_weights(tmp_path, data_dir, mirror):
+    assert_same_weights(
+        short_run(tmp_path / "a", data_dir, mirror, 3),
+        short_run(tmp_path / "b", data_dir, mirror, 3),
+    )
+
+
+def test_another_seed_gives_other_weights(tmp_path, data_dir, mirror):
+    first = short_run(tmp_path / "a", data_dir, mirror, 1)
+    second = short_run(tmp_path / "b", data_dir, mirror, 1, "--seed_everything", "7")
+    assert not torch.equal(first["encoder.embedding.weight"], second["encoder.embedding.weight"])
+
+
+def test_rerunning_resumes_from_last_checkpoint_and_matches_an_uninterrupted_run(tmp_path, data_dir, mirror, capsys):
+    uninterrupted = short_run(tmp_path / "straight", data_dir, mirror, 4)
+    short_run(tmp_path / "resumed", data_dir, mirror, 2)
+    assert (tmp_path / "resumed" / "tiny" / "last.ckpt").is_file()
+    capsys.readouterr()
+    resumed = short_run(tmp_path / "resumed", data_dir, mirror, 4)
+    assert "Resuming from" in capsys.readouterr().out
+    assert_same_weights(uninterrupted, resumed)
+
+
+def test_resume_from_an_explicit_checkpoint(tmp_path, data_dir, mirror):
+    short_run(tmp_path / "first", data_dir, mirror, 1)
+    checkpoint = tmp_path / "first" / "tiny" / "last.ckpt"
+    weights = short_run(tmp_path / "second", data_dir, mirror, 2, "--ckpt_path", str(checkpoint))
+    assert_same_weights(weights, short_run(tmp_path / "third", data_dir, mirror, 2))
