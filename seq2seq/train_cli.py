@@ -1,10 +1,10 @@
 """`seq2seq train`: LightningCLI over `TranslationModule` and `TranslationDataModule`.
 
 LightningCLI gives YAML configs with dotted command-line overrides, rejects unknown
-keys, prints every default with `--print_config`, and saves the resolved config in the
-run folder. On top of it this adds the run folder (`checkpoints/<run_name>/`) holding
-best.ckpt, last.ckpt, metrics.csv and config.yaml; a CPU time budget; and resuming from
-the run's last.ckpt when one exists.
+keys, prints every default with `--print_config`, and saves the resolved config with
+each run. On top of it this adds the run folder (`checkpoints/<run_name>/`) holding
+best.ckpt, last.ckpt and logs/version_N/{metrics.csv,config.yaml}; a CPU time budget;
+and resuming from the run's last.ckpt when one exists.
 """
 
 from __future__ import annotations
@@ -54,9 +54,10 @@ class TrainingCLI(LightningCLI):
         folder = run_folder(config.checkpoint_dir, config.run_name)
         config.trainer.default_root_dir = folder
         if config.trainer.logger in (None, True):
+            # logs/version_N/: a resumed run adds a version instead of replacing metrics.csv
             config.trainer.logger = Namespace(
                 class_path="lightning.pytorch.loggers.CSVLogger",
-                init_args=Namespace(save_dir=folder, name="", version=""),
+                init_args=Namespace(save_dir=folder, name="logs"),
             )
         on_gpu = torch.cuda.is_available() and config.trainer.accelerator in ("auto", "gpu", "cuda")
         if config.cpu_max_time and config.trainer.max_time is None and not on_gpu:
@@ -81,7 +82,7 @@ def train(argv: Sequence[str]) -> TrainingCLI:
     for noise in (
         ".*args parameter is intended to run from within Python",  # we pass argv on purpose
         ".*isinstance\\(treespec, LeafSpec\\)",  # Lightning's own deprecation, not ours
-        "Checkpoint directory .* exists and is not empty",  # the run folder also holds metrics.csv
+        "Checkpoint directory .* exists and is not empty",  # the run folder also holds the logs
     ):
         warnings.filterwarnings("ignore", message=noise)
     cli = TrainingCLI(

@@ -53,5 +53,9 @@ def tiny_checkpoint(tiny_run) -> Path:
 
 
 def read_metrics(run: Path) -> list[dict[str, str]]:
-    with open(run / "metrics.csv") as handle:
-        return list(csv.DictReader(handle))
+    """Every metrics row of a run folder, over all its (resumed) versions in order."""
+    rows = []
+    for path in sorted((run / "logs").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1])):
+        with open(path) as handle:
+            rows += list(csv.DictReader(handle))
+    return rows

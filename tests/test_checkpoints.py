@@ -1,0 +1,46 @@
+"""Checkpoints are self-contained and loaded without running code from them."""
+
+import pytest
+import torch
+
+from seq2seq.errors import Seq2SeqError
+from seq2seq.translate import load_checkpoint
+
+
+class RunsCode:
+    """Unpickling this would create a file: the classic malicious-checkpoint trick."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_checkpoint_crafted_to_run_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "seq2seq": {"payload": RunsCode(marker)}}, path)
+    with pytest.raises(Seq2SeqError, match="was refused"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_truncated_checkpoint(tiny_checkpoint, tmp_path):
+    data = tiny_checkpoint.read_bytes()
+    path = tmp_path / "cut.ckpt"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(Seq2SeqError, match="truncated or corrupted"):
+        load_checkpoint(path)
+
+
+def test_foreign_and_future_checkpoints(tiny_checkpoint, tmp_path):
+    torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
+    with pytest.raises(Seq2SeqError, match="not a seq2seq checkpoint"):
+        load_checkpoint(tmp_path / "other.ckpt")
+    checkpoint = torch.load(tiny_checkpoint, weights_only=True)
+    checkpoint["seq2seq"]["format_version"] = 99
+    torch.save(checkpoint, tmp_path / "future.ckpt")
+    with pytest.raises(Seq2SeqError, match="format version 99"):
+        load_checkpoint(tmp_path / "future.ckpt")
+
