@@ -101,3 +101,22 @@ def test_beam_search_also_reproduces_training_pairs(tiny_checkpoint, training_ex
     beam = Translator.from_checkpoint(tiny_checkpoint, beam_size=5)
     hypotheses = beam.translate([e.source for e in training_examples])
     assert score(hypotheses, [e.references for e in training_examples])[0].score > 90
+
+
+def test_interactive_prompt_translates_each_line_until_end_of_input(tiny_checkpoint, training_examples, monkeypatch, capsys):
+    from seq2seq.cli import interactive
+
+    typed = iter([training_examples[0].source, ""])
+
+    def fake_input(prompt: str) -> str:
+        try:
+            return next(typed)
+        except StopIteration:
+            raise EOFError from None
+
+    monkeypatch.setattr("builtins.input", fake_input)
+    interactive(Translator.from_checkpoint(tiny_checkpoint))
+    lines = capsys.readouterr().out.split("\n")
+    assert lines[0].startswith("Translating en → fr")
+    assert is_one_of(lines[1], training_examples[0].references)
+    assert lines[2] == ""  # an empty line gives an empty translation
