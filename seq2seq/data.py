@@ -74,11 +74,18 @@ class TokenBatchSampler(Sampler[list[int]]):
         self.seed = seed
         self.pool_batches = pool_batches
         self.epoch = 0
+        self._cached: tuple[int, list[list[int]]] | None = None  # (epoch, batches)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def batches(self) -> list[list[int]]:
+        """This epoch's batches, computed once (Lightning asks for the length and then iterates)."""
+        if self._cached is None or self._cached[0] != self.epoch:
+            self._cached = (self.epoch, self._make_batches())
+        return self._cached[1]
+
+    def _make_batches(self) -> list[list[int]]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         if not self.shuffle:
             return self._cut(torch.argsort(self.lengths, stable=True))
