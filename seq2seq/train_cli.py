@@ -3,7 +3,8 @@
 LightningCLI gives YAML configs with dotted command-line overrides, rejects unknown
 keys, prints every default with `--print_config`, and saves the resolved config with
 each run. On top of it this adds the run folder (`checkpoints/<run_name>/`) holding
-best.ckpt, last.ckpt and logs/version_N/{metrics.csv,config.yaml}; a CPU time budget;
+best.ckpt, last.ckpt, optionally the last N validations' weights (`--keep_last`) and
+logs/version_N/{metrics.csv,config.yaml}; a CPU time budget;
 and resuming from the run's last.ckpt when one exists.
 """
 
@@ -35,6 +36,12 @@ class TrainingCLI(LightningCLI):
         parser.add_argument(
             "--ckpt_path", type=str | None, default=None, help="resume from this checkpoint (default: the run's last.ckpt)"
         )
+        parser.add_argument(
+            "--keep_last",
+            type=int,
+            default=0,
+            help="also keep the weights of the last N validations (stepNNNNNN.ckpt) for `seq2seq average`",
+        )
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {
@@ -59,12 +66,31 @@ class TrainingCLI(LightningCLI):
                 class_path="lightning.pytorch.loggers.CSVLogger",
                 init_args=Namespace(save_dir=folder, name="logs"),
             )
+        if config.keep_last > 0:
+            config.trainer.callbacks = [*(config.trainer.callbacks or []), keep_last_checkpoints(folder, config.keep_last)]
         on_gpu = torch.cuda.is_available() and config.trainer.accelerator in ("auto", "gpu", "cuda")
         if config.cpu_max_time and config.trainer.max_time is None and not on_gpu:
             config.trainer.max_time = config.cpu_max_time
         if not on_gpu and "bf16" in str(config.trainer.precision) and not cpu_has_bf16():
             print("This CPU has no bf16 instructions (AVX512-BF16 or AMX): training in 32-true instead of bf16-mixed")
             config.trainer.precision = "32-true"
+
+
+def keep_last_checkpoints(folder: str, count: int) -> Namespace:
+    """A second ModelCheckpoint ranking by step: it keeps the newest `count`, weights only."""
+    return Namespace(
+        class_path="lightning.pytorch.callbacks.ModelCheckpoint",
+        init_args=Namespace(
+            dirpath=folder,
+            filename="step{step:06d}",
+            auto_insert_metric_name=False,
+            monitor="step",
+            mode="max",
+            save_top_k=count,
+            save_weights_only=True,
+            enable_version_counter=False,
+        ),
+    )
 
 
 def cpu_has_bf16() -> bool:
@@ -99,7 +125,7 @@ def train(argv: Sequence[str]) -> TrainingCLI:
         resume = str(last)
         print(f"Resuming from {last}")
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=resume)
-    best = cli.trainer.checkpoint_callback.best_model_path
-    if best:
-        print(f"Best checkpoint: {best} (val_bleu {float(cli.trainer.checkpoint_callback.best_model_score):.2f})")
+    best: ModelCheckpoint = cli.config_init.checkpoint
+    if best.best_model_path:
+        print(f"Best checkpoint: {best.best_model_path} ({best.monitor} {float(best.best_model_score):.2f})")
     return cli
