@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -20,6 +19,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Sampler
 
+from seq2seq.atomic import atomic_write
 from seq2seq.corpora import Corpus, Example, open_corpus, training_pairs
 from seq2seq.errors import Seq2SeqError
 from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer, train_tokenizer
@@ -64,7 +64,8 @@ class TokenBatchSampler(Sampler[list[int]]):
 
     Shuffled: each epoch shuffles, sorts by length inside pools of `pool_batches` batches
     (little padding, still random), then shuffles the batch order. Deterministic for a
-    given seed and epoch, so a resumed run sees the same batches.
+    given seed and epoch, so a resumed run sees the same batches; `resume_at` makes the
+    next pass over an epoch skip the batches a killed run had already trained on.
     """
 
     def __init__(self, lengths: Sequence[int], max_tokens: int, shuffle: bool, seed: int = 0, pool_batches: int = 100) -> None:
@@ -75,9 +76,25 @@ class TokenBatchSampler(Sampler[list[int]]):
         self.pool_batches = pool_batches
         self.epoch = 0
         self._cached: tuple[int, list[list[int]]] | None = None  # (epoch, batches)
+        self._resume: tuple[int, int] | None = None  # (epoch, batches already done)
+
+    @property
+    def sampler(self) -> TokenBatchSampler:
+        """Lightning calls `set_epoch` on `batch_sampler.sampler` (torch's BatchSampler layout), so point it here."""
+        return self
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        """Make the next pass over `epoch` start after its first `batches_done` batches."""
+        self._resume = (epoch, batches_done)
+
+    def batches_to_skip(self) -> int:
+        """How many of this epoch's batches the next pass skips (0 unless resuming this epoch)."""
+        if self._resume is None or self._resume[0] != self.epoch:
+            return 0
+        return self._resume[1]
 
     def batches(self) -> list[list[int]]:
         """This epoch's batches, computed once (Lightning asks for the length and then iterates)."""
@@ -111,10 +128,40 @@ class TokenBatchSampler(Sampler[list[int]]):
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        return iter(self.batches())
+        """A lazy pass: the epoch is read at the first batch, after Lightning's `set_epoch`."""
+        start = self.batches_to_skip()
+        self._resume = None
+        yield from self.batches()[start:]
 
     def __len__(self) -> int:
         return len(self.batches())
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader over a `TokenBatchSampler` that can stop and resume mid-epoch.
+
+    It implements Lightning's stateful-loader interface (`state_dict` / `load_state_dict`):
+    the checkpoint records the epoch and how many batches of it reached the training
+    loop (counted here, in the main process, so worker prefetching does not skew it), and
+    a resumed run skips exactly those. `len()` stays the whole epoch, as Lightning expects.
+    """
+
+    batch_sampler: TokenBatchSampler
+    _epoch = 0  # of the current or last pass
+    _delivered = 0  # batches of that epoch handed to the training loop, skipped ones included
+
+    def __iter__(self) -> Iterator[Batch]:
+        self._epoch = self.batch_sampler.epoch
+        self._delivered = self.batch_sampler.batches_to_skip()
+        for batch in super().__iter__():
+            self._delivered += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self._epoch, "batches_done": self._delivered}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.batch_sampler.resume_at(state["epoch"], state["batches_done"])
 
 
 class TranslationDataModule(L.LightningDataModule):
@@ -205,7 +252,10 @@ class TranslationDataModule(L.LightningDataModule):
             splits[self.corpus.train_split] = splits[self.corpus.train_split][: self.max_train_examples]
         for name in (self.corpus.train_split, self.corpus.valid_split):
             if not splits.get(name):
-                raise Seq2SeqError(f"the {name} split of corpus {self.corpus_name} ({self.corpus.pair}) is empty after cleaning")
+                raise Seq2SeqError(
+                    f"the {name} split of corpus {self.corpus_name} ({self.corpus.pair}) is empty after cleaning "
+                    "(pairs with an empty side are dropped): give it files with at least one sentence pair"
+                )
         return splits
 
     def prepare_data(self) -> None:
@@ -223,11 +273,9 @@ class TranslationDataModule(L.LightningDataModule):
         else:
             source_model = train_tokenizer(sources, self.vocab_size, self.tokenizer_type).model_proto
             target_model = train_tokenizer(targets, self.vocab_size, self.tokenizer_type).model_proto
-        source_path.parent.mkdir(parents=True, exist_ok=True)
         for path, model in ((source_path, source_model), (target_path, target_model)):
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(model)
-            os.replace(tmp, path)
+            with atomic_write(path) as out:
+                out.write(model)
 
     def setup(self, stage: str | None = None) -> None:
         if self.source_tokenizer is not None:
@@ -263,7 +311,11 @@ class TranslationDataModule(L.LightningDataModule):
     def _loader(self, pairs: list[EncodedPair], shuffle: bool) -> DataLoader:
         lengths = [max(len(p.source), len(p.target) + 1) for p in pairs]
         sampler = TokenBatchSampler(lengths, self.max_tokens, shuffle=shuffle, seed=self.seed)
-        return DataLoader(pairs, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers)
+        loader = ResumableDataLoader if shuffle else DataLoader  # validation always runs whole
+        # its own generator: starting a pass draws a worker seed, which must not move the
+        # global RNG (dropout), or a resumed run would drift from an uninterrupted one
+        generator = torch.Generator().manual_seed(self.seed)
+        return loader(pairs, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers, generator=generator)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_pairs, shuffle=True)

@@ -5,12 +5,18 @@ keys, prints every default with `--print_config`, and saves the resolved config 
 each run. On top of it this adds the run folder (`checkpoints/<run_name>/`) holding
 best.ckpt, last.ckpt, optionally the last N validations' weights (`--keep_last`) and
 logs/version_N/{metrics.csv,config.yaml}; a CPU time budget;
-and resuming from the run's last.ckpt when one exists.
+and resuming from the run's last.ckpt when one exists. Checkpoints are written to a
+temporary file and renamed (`AtomicCheckpointIO`), last.ckpt also every N steps and when
+`max_time` stops mid-epoch (`LastCheckpoint`), so a kill loses little and never a file.
+A config mistake is one `Seq2SeqError` line naming the key and the closest valid one.
 """
 
 from __future__ import annotations
 
+import difflib
+import re
 import warnings
+from argparse import ArgumentError
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,8 +25,17 @@ from jsonargparse import Namespace
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from seq2seq.checkpointing import AtomicCheckpointIO, LastCheckpoint
 from seq2seq.data import TranslationDataModule
+from seq2seq.errors import Seq2SeqError
 from seq2seq.training import TranslationModule
+from seq2seq.translate import load_checkpoint
+
+UNKNOWN_KEY_PATTERNS = (
+    re.compile(r"unrecognized arguments: --(?P<key>[\w.]+)"),
+    re.compile(r"Group '(?P<group>[\w.]+)' does not accept option '(?P<key>[\w.]+)'"),
+)
+BAD_VALUE_PATTERN = re.compile(r'Parser key "(?P<key>[\w.]+)":\s*(?P<reason>.*)', re.DOTALL)
 
 
 class TrainingCLI(LightningCLI):
@@ -48,13 +63,22 @@ class TrainingCLI(LightningCLI):
                 "checkpoint.monitor": "val_bleu",
                 "checkpoint.mode": "max",
                 "checkpoint.filename": "best",
-                "checkpoint.save_last": True,
+                "checkpoint.save_last": False,  # last.ckpt is LastCheckpoint's: it also saves mid-epoch
                 "checkpoint.enable_version_counter": False,
             }
         )
         parser.add_lightning_class_args(EarlyStopping, "early_stopping")
         parser.set_defaults({"early_stopping.monitor": "val_bleu", "early_stopping.mode": "max", "early_stopping.patience": 5})
+        parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")  # after "checkpoint": sees the new best
         parser.link_arguments(("checkpoint_dir", "run_name"), "checkpoint.dirpath", compute_fn=run_folder)
+        parser.link_arguments(("checkpoint_dir", "run_name"), "last_checkpoint.dirpath", compute_fn=run_folder)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        """jsonargparse's usage screen becomes one line naming the key and the closest valid one."""
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as error:
+            raise config_error(str(error), list(parser.get_defaults().keys())) from None
 
     def before_instantiate_classes(self) -> None:
         config = self.config
@@ -66,6 +90,9 @@ class TrainingCLI(LightningCLI):
                 class_path="lightning.pytorch.loggers.CSVLogger",
                 init_args=Namespace(save_dir=folder, name="logs"),
             )
+        plugins = config.trainer.plugins
+        plugins = [] if plugins is None else plugins if isinstance(plugins, list) else [plugins]
+        config.trainer.plugins = [*plugins, Namespace(class_path=f"{AtomicCheckpointIO.__module__}.AtomicCheckpointIO")]
         if config.keep_last > 0:
             config.trainer.callbacks = [*(config.trainer.callbacks or []), keep_last_checkpoints(folder, config.keep_last)]
         on_gpu = torch.cuda.is_available() and config.trainer.accelerator in ("auto", "gpu", "cuda")
@@ -93,6 +120,22 @@ def keep_last_checkpoints(folder: str, count: int) -> Namespace:
     )
 
 
+def config_error(message: str, valid_keys: list[str]) -> Seq2SeqError:
+    """One line for a jsonargparse error: the key, what is wrong, and the closest valid key."""
+    for pattern in UNKNOWN_KEY_PATTERNS:
+        if match := pattern.search(message):
+            key = ".".join(filter(None, (match.groupdict().get("group"), match["key"])))
+            close = difflib.get_close_matches(key, valid_keys, n=1, cutoff=0.6)
+            hint = f"did you mean '{close[0]}'?" if close else "no similar key exists"
+            return Seq2SeqError(
+                f"unknown config key '{key}' ({hint}); list every key with: seq2seq train --config FILE --print_config"
+            )
+    if match := BAD_VALUE_PATTERN.search(message):
+        reason = " ".join(match["reason"].split())
+        return Seq2SeqError(f"bad value for config key '{match['key']}': {reason}")
+    return Seq2SeqError(f"bad training arguments: {' '.join(message.split())}")
+
+
 def cpu_has_bf16() -> bool:
     """Whether bf16 matrix products run natively here (otherwise they are emulated, slowly)."""
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
@@ -118,12 +161,15 @@ def train(argv: Sequence[str]) -> TrainingCLI:
         run=False,
         seed_everything_default=1234,
         save_config_kwargs={"overwrite": True},
+        parser_kwargs={"exit_on_error": False},
     )
     resume = cli.config.ckpt_path
     last = Path(run_folder(cli.config.checkpoint_dir, cli.config.run_name)) / "last.ckpt"
     if resume is None and last.exists():
         resume = str(last)
         print(f"Resuming from {last}")
+    if resume is not None:
+        load_checkpoint(resume)  # a clear error for a missing, truncated or foreign file
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=resume)
     best: ModelCheckpoint = cli.config_init.checkpoint
     if best.best_model_path:

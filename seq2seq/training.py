@@ -8,6 +8,7 @@ both SentencePiece models and a description of the corpus (`checkpoint["seq2seq"
 
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import asdict
 
@@ -135,6 +136,9 @@ class TranslationModule(L.LightningModule):
     # ------------------------------------------------------------------ checkpoint
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse to save broken weights; store what translation needs and the RNG states."""
+        assert_finite(checkpoint["state_dict"], self.global_step)
+        checkpoint["rng"] = rng_states()
         checkpoint["seq2seq"] = {
             "format_version": CHECKPOINT_FORMAT,
             "network": asdict(self.network_config),
@@ -143,6 +147,36 @@ class TranslationModule(L.LightningModule):
             "corpus": self.data.describe(),
             "max_length_ratio": self.max_length_ratio,
         }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """A resumed run continues the random streams (dropout, teacher forcing) of the saved one."""
+        if "rng" in checkpoint:
+            set_rng_states(checkpoint["rng"])
+
+
+def assert_finite(state_dict: dict[str, torch.Tensor], step: int) -> None:
+    """Raise before a checkpoint with NaN or infinite weights overwrites a good one."""
+    broken = [name for name, tensor in state_dict.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if broken:
+        raise FloatingPointError(
+            f"weights became NaN or infinite at step {step} ({', '.join(broken[:3])}); the checkpoint was "
+            "not written: lower the learning_rate or check the data, then resume from the run's last.ckpt"
+        )
+
+
+def rng_states() -> dict:
+    """Every random stream training draws from, as tensors and plain data (loadable with weights_only)."""
+    states = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def corpus_bleu(hypotheses: list[str], references: list[tuple[str, ...]]) -> sacrebleu.metrics.bleu.BLEUScore:

@@ -1,0 +1,55 @@
+"""Write files so that a kill or a full disk never leaves a half-written file under the final name.
+
+The data go to a temporary file beside the target (same folder, so same file system),
+are flushed to disk, and only then renamed over the target: readers see either the old
+file or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+
+def temporary_path(path: Path) -> Path:
+    """The fixed temporary name of `path`: a file left by a kill is overwritten by the next write."""
+    return path.with_name(f".{path.name}.tmp")
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """Yield a binary file; when the block ends without error it replaces `path` in one step.
+
+    On any error (a full disk, an exception in the block) the temporary file is removed
+    and `path` keeps its previous content.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_path(path)
+    try:
+        with open(tmp, "wb") as out:
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    sync_folder(path.parent)
+
+
+def sync_folder(folder: Path) -> None:
+    """Make a rename in `folder` durable (a power cut right after it keeps the new name)."""
+    try:
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:  # some platforms cannot open folders; the rename is still atomic there
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
