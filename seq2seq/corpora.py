@@ -19,7 +19,7 @@ import urllib.request
 import zipfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from seq2seq.errors import Seq2SeqError
 
@@ -148,6 +148,35 @@ def read_lines(path: Path, data: bytes | None = None) -> list[str]:
     return [line.removesuffix("\r") for line in lines]
 
 
+def read_archive_member(path: Path, member: str) -> bytes:
+    """One member of a zip archive, read into memory (nothing is extracted to disk).
+
+    An archive holding any member whose path would leave its folder (absolute, `..`,
+    a drive letter) is refused whole: such an archive was crafted, not published.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for name in archive.namelist():
+                if escapes_folder(name):
+                    raise Seq2SeqError(
+                        f"{path} holds a member whose path leaves its folder ({name}); refusing the archive: "
+                        "delete it and fetch the published one again"
+                    )
+            if member not in archive.namelist():
+                raise Seq2SeqError(f"{path} has no {member}: delete it and fetch the published archive again")
+            return archive.read(member)
+    except (zipfile.BadZipFile, OSError) as error:
+        raise Seq2SeqError(
+            f"{path} is not a readable zip archive ({error}): delete it and fetch the published one again"
+        ) from None
+
+
+def escapes_folder(name: str) -> bool:
+    """Whether an archive member name, extracted, would land outside the extraction folder."""
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    return name.startswith(("/", "\\")) or ".." in parts or (bool(parts) and ":" in parts[0])
+
+
 def normalize(text: str) -> str:
     """NFC form with surrounding whitespace removed: one spelling per sentence."""
     return unicodedata.normalize("NFC", text).strip()
@@ -239,8 +268,7 @@ class Tatoeba(Corpus):
 
     def load(self, data_dir: Path) -> Splits:
         path = Path(data_dir) / self.archive.name
-        with zipfile.ZipFile(path) as archive:
-            lines = read_lines(Path(f"{path}!fra.txt"), archive.read("fra.txt"))
+        lines = read_lines(Path(f"{path}!fra.txt"), read_archive_member(path, "fra.txt"))
         pairs = []
         for number, line in enumerate(lines, start=1):
             columns = line.split("\t")
