@@ -14,6 +14,7 @@ import sentencepiece as spm
 from seq2seq.errors import Seq2SeqError
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+MAX_PIECE_LENGTH = 16  # characters in one piece (SentencePiece's default): n characters give at least n / 16 pieces
 
 
 class Tokenizer:
@@ -71,6 +72,7 @@ def train_tokenizer(
         model_type=model_type,
         character_coverage=character_coverage,
         byte_fallback=True,
+        max_sentencepiece_length=MAX_PIECE_LENGTH,
         hard_vocab_limit=False,
         input_sentence_size=max_sentences,
         shuffle_input_sentence=True,

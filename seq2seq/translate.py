@@ -10,7 +10,7 @@ from __future__ import annotations
 import pickle
 import warnings
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +19,7 @@ import torch
 from seq2seq.errors import Seq2SeqError
 from seq2seq.model import ModelConfig, Seq2Seq
 from seq2seq.search import Hypothesis, beam_search, greedy_search
-from seq2seq.tokenizer import EOS_ID, Tokenizer
+from seq2seq.tokenizer import EOS_ID, MAX_PIECE_LENGTH, Tokenizer
 from seq2seq.training import CHECKPOINT_FORMAT
 
 
@@ -48,13 +48,51 @@ def load_checkpoint(path: str | Path) -> dict:
     return checkpoint
 
 
+@dataclass(frozen=True)
+class SearchSettings:
+    """How to search: `beam_size` 1 is greedy search.
+
+    Attributes:
+        beam_size: hypotheses kept per sentence (1: greedy).
+        alpha: GNMT length penalty of beam search (0: rank by log-probability alone).
+        nbest: hypotheses returned per sentence, best first (at most `beam_size`).
+        max_length_ratio: output cap in target tokens per source token; None: the
+            checkpoint's training setting.
+    """
+
+    beam_size: int = 1
+    alpha: float = 0.6
+    nbest: int = 1
+    max_length_ratio: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.beam_size < 1:
+            raise Seq2SeqError(f"beam size must be at least 1, got {self.beam_size}")
+        if not 1 <= self.nbest <= self.beam_size:
+            raise Seq2SeqError(f"--nbest {self.nbest} needs a beam at least as wide: use --beam-size {max(self.nbest, 1)} or more")
+        if self.max_length_ratio is not None and self.max_length_ratio <= 0:
+            raise Seq2SeqError(f"max length ratio must be positive, got {self.max_length_ratio}")
+
+    def describe(self) -> str:
+        """A short name for file names and reports: `greedy` or `beam5`."""
+        return "greedy" if self.beam_size == 1 else f"beam{self.beam_size}"
+
+
 @dataclass
 class Translation:
-    """A translated line with what produced it (for inspection)."""
+    """A translated line with what produced it (for inspection).
 
-    text: str
-    hypothesis: Hypothesis | None  # None for an empty input line
+    `texts` and `hypotheses` are the n-best list, best first; both are empty for a blank
+    input line (whose translation is the empty string).
+    """
+
+    texts: list[str]
+    hypotheses: list[Hypothesis]
     source_ids: list[int]
+
+    @property
+    def text(self) -> str:
+        return self.texts[0] if self.texts else ""
 
 
 class Translator:
@@ -67,26 +105,24 @@ class Translator:
         target_tokenizer: Tokenizer,
         max_length_ratio: float = 2.0,
         corpus: dict | None = None,
-        beam_size: int = 1,
-        alpha: float = 0.6,
+        search: SearchSettings = SearchSettings(),
     ) -> None:
-        """`beam_size` 1 is greedy search; `alpha` is beam search's GNMT length penalty."""
-        if beam_size < 1:
-            raise Seq2SeqError(f"beam size must be at least 1, got {beam_size}")
+        """`max_length_ratio` is the training setting, used unless `search` overrides it."""
         self.net = net.eval()
         self.source_tokenizer = source_tokenizer
         self.target_tokenizer = target_tokenizer
-        self.max_length_ratio = max_length_ratio
         self.corpus = corpus or {}
-        self.beam_size = beam_size
-        self.alpha = alpha
+        self.search = search
+        self.max_length_ratio = search.max_length_ratio or max_length_ratio
 
     @property
     def device(self) -> torch.device:
         return next(self.net.parameters()).device
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | None = None, beam_size: int = 1, alpha: float = 0.6) -> Translator:
+    def from_checkpoint(
+        cls, path: str | Path, device: str | None = None, search: SearchSettings = SearchSettings()
+    ) -> Translator:
         checkpoint = load_checkpoint(path)
         info = checkpoint["seq2seq"]
         source_tokenizer = Tokenizer(info["source_tokenizer"])
@@ -98,42 +134,70 @@ class Translator:
         except RuntimeError as error:
             raise Seq2SeqError(f"checkpoint {path} weights do not fit its network settings: {str(error)[:300]}") from None
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        return cls(
-            net.to(device), source_tokenizer, target_tokenizer, info["max_length_ratio"], info["corpus"], beam_size, alpha
-        )
+        return cls(net.to(device), source_tokenizer, target_tokenizer, info["max_length_ratio"], info["corpus"], search)
 
     def translate(self, lines: Sequence[str], batch_size: int = 64) -> list[str]:
-        """One output line per input line; an empty or blank line gives an empty line."""
+        """One output line per input line (the best hypothesis); a blank line gives an empty line."""
         return [t.text for t in self.translate_detailed(lines, batch_size)]
 
-    def translate_detailed(self, lines: Sequence[str], batch_size: int = 64) -> list[Translation]:
+    def translate_detailed(
+        self, lines: Sequence[str], batch_size: int = 64, progress: Callable[[int], None] | None = None
+    ) -> list[Translation]:
+        """Translations in input order; batches are cut from length-sorted sentences (less padding).
+
+        `progress`, when given, is called with the number of lines done after each batch.
+        """
+        if batch_size < 1:
+            raise Seq2SeqError(f"batch size must be at least 1, got {batch_size}")
         source_ids = self._encode(lines)
-        hypotheses: list[Hypothesis | None] = [None] * len(lines)
+        nbests: list[list[Hypothesis]] = [[] for _ in lines]
         order = sorted((i for i, ids in enumerate(source_ids) if ids), key=lambda i: len(source_ids[i]))
+        if progress:
+            progress(len(lines) - len(order))  # blank lines need no search
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            for index, hypothesis in zip(chunk, self._search([source_ids[i] for i in chunk])):
-                hypotheses[index] = hypothesis
-        texts = self.target_tokenizer.decode([h.tokens if h else [] for h in hypotheses])
-        return [Translation(text, h, ids) for text, h, ids in zip(texts, hypotheses, source_ids)]
+            for index, nbest in zip(chunk, self._search([source_ids[i] for i in chunk])):
+                nbests[index] = nbest
+            if progress:
+                progress(len(chunk))
+        return [
+            Translation(self.target_tokenizer.decode([h.tokens for h in nbest]), nbest, ids)
+            for nbest, ids in zip(nbests, source_ids)
+        ]
 
     def _encode(self, lines: Sequence[str]) -> list[list[int]]:
-        """Source ids + eos per line ([] for blank lines), cut to what the model can attend to."""
+        """Source ids + eos per line ([] for blank lines), cut to what the model can attend to.
+
+        A line is cut to a few pieces' worth of characters before tokenizing, so a huge
+        line costs bounded memory and time.
+        """
         limit = self.net.config.max_source_length - 1
-        encoded = self.source_tokenizer.encode([" ".join(line.split()) for line in lines])
-        for number, ids in enumerate(encoded, start=1):
-            if len(ids) > limit:
-                warnings.warn(f"input line {number} has {len(ids)} tokens; only the first {limit} are translated")
+        characters = limit * MAX_PIECE_LENGTH
+        encoded = self.source_tokenizer.encode([" ".join(line[: characters * 2].split())[:characters] for line in lines])
+        for number, (line, ids) in enumerate(zip(lines, encoded), start=1):
+            if len(ids) > limit or len(line) > characters * 2:
+                warnings.warn(f"input line {number} is longer than {limit} tokens: only its beginning is translated")
         return [ids[:limit] + [EOS_ID] if ids else [] for ids in encoded]
 
     @torch.no_grad()
-    def _search(self, batch_ids: list[list[int]]) -> list[Hypothesis]:
+    def _search(self, batch_ids: list[list[int]]) -> list[list[Hypothesis]]:
         lengths = torch.tensor([len(ids) for ids in batch_ids])
         source = torch.zeros(len(batch_ids), int(lengths.max()), dtype=torch.long)  # (B, S), PAD_ID = 0
         for row, ids in enumerate(batch_ids):
             source[row, : len(ids)] = torch.tensor(ids)
         source, lengths = source.to(self.device), lengths.to(self.device)
-        if self.beam_size == 1:
-            return greedy_search(self.net, source, lengths, self.max_length_ratio)
-        best = beam_search(self.net, source, lengths, self.beam_size, self.alpha, 1, self.max_length_ratio)
-        return [nbest[0] for nbest in best]
+        if self.search.beam_size == 1:
+            return [[h] for h in greedy_search(self.net, source, lengths, self.max_length_ratio)]
+        settings = self.search
+        return beam_search(
+            self.net, source, lengths, settings.beam_size, settings.alpha, settings.nbest, self.max_length_ratio
+        )
+
+    def source_pieces(self, translation: Translation) -> list[str]:
+        """The source subwords the model read, eos included (attention's columns)."""
+        return self.source_tokenizer.pieces(translation.source_ids[:-1]) + ["</s>"]
+
+    def target_pieces(self, hypothesis: Hypothesis) -> list[str]:
+        """The target subwords of a hypothesis, plus eos when it was produced (attention's rows)."""
+        pieces = self.target_tokenizer.pieces(hypothesis.tokens)
+        return pieces + ["</s>"] * (hypothesis.attention.size(0) - len(pieces))
