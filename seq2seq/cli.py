@@ -1,8 +1,11 @@
 """The `seq2seq` command: thin wrappers that parse, call library functions and print.
 
     seq2seq train --config configs/tatoeba-en-fr.yaml [--model.learning_rate 5e-4 ...]
-    seq2seq translate --checkpoint CKPT [--input F] [--output F]
-    seq2seq evaluate --checkpoint CKPT [--split NAME]
+    seq2seq translate --checkpoint CKPT [--input F] [--output F] [--beam-size 5 --nbest 3 --scores --attention DIR]
+    seq2seq evaluate --checkpoint CKPT [--split NAME] [--beam-size 5]
+    seq2seq evaluate --hyp FILE --ref FILE [--ref FILE ...]
+    seq2seq average --output CKPT CKPT1 CKPT2 ...
+    seq2seq plot RUN_DIR
 
 Errors a user can cause become one line on stderr and exit status 1.
 """
@@ -13,8 +16,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from seq2seq.errors import Seq2SeqError
+
+if TYPE_CHECKING:  # the heavy imports (torch, Lightning) wait until a command needs them
+    from seq2seq.translate import SearchSettings, Translation, Translator
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -47,32 +54,56 @@ def build_parser() -> argparse.ArgumentParser:
     translate.add_argument("--checkpoint", required=True, help="a .ckpt written by seq2seq train")
     translate.add_argument("--input", help="file to translate, one sentence a line (default: stdin)")
     translate.add_argument("--output", help="file to write (default: stdout)")
-    translate.add_argument("--batch-size", type=int, default=64, help="sentences decoded together")
     translate.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    translate.add_argument("--nbest", type=int, default=1, help="hypotheses per line (needs --beam-size at least as large): "
+                           "N lines per input line, each LINE_NUMBER<TAB>TRANSLATION, best first")
+    translate.add_argument("--scores", action="store_true", help="append <TAB>log-probability to every output line")
+    translate.add_argument("--attention", metavar="DIR", help="write a heatmap PNG of the attention per sentence (DIR/000001.png, ...)")
     add_search_arguments(translate)
     translate.set_defaults(run=run_translate)
 
-    evaluate = commands.add_parser("evaluate", help="BLEU and chrF on a split of the model's corpus")
-    evaluate.add_argument("--checkpoint", required=True, help="a .ckpt written by seq2seq train")
+    evaluate = commands.add_parser("evaluate", help="BLEU, chrF and TER of a model on its corpus, or of given files")
+    evaluate.add_argument("--checkpoint", help="a .ckpt written by seq2seq train")
     evaluate.add_argument("--split", help="split to score (default: every test split)")
     evaluate.add_argument("--mirror", help="folder to copy corpus files from (default: $SEQ2SEQ_DATA_MIRROR)")
-    evaluate.add_argument("--batch-size", type=int, default=64, help="sentences decoded together")
+    evaluate.add_argument("--hyp", help="score this file of translations instead of a checkpoint (with --ref)")
+    evaluate.add_argument("--ref", action="append", default=[], help="reference file for --hyp; repeat for more references")
     add_search_arguments(evaluate)
     evaluate.set_defaults(run=run_evaluate)
+
+    average = commands.add_parser("average", help="average the weights of checkpoints of one run")
+    average.add_argument("checkpoints", nargs="+", help="checkpoints to average, e.g. checkpoints/RUN/step*.ckpt")
+    average.add_argument("--output", required=True, help="the averaged checkpoint to write")
+    average.set_defaults(run=run_average)
+
+    plot = commands.add_parser("plot", help="draw a run's loss and validation BLEU curves to PNG")
+    plot.add_argument("run_dir", help="a run folder, e.g. checkpoints/tatoeba-en-fr")
+    plot.add_argument("--output", help="PNG to write (default: RUN_DIR/curves.png)")
+    plot.set_defaults(run=run_plot)
     return parser
 
 
 def add_search_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch-size", type=int, default=64, help="sentences decoded together")
     parser.add_argument("--beam-size", type=int, default=1, help="1: greedy search (default); more: beam search")
     parser.add_argument("--alpha", type=float, default=0.6, help="beam search length penalty (GNMT); 0: none")
+    parser.add_argument("--max-length-ratio", type=float, help="output cap in tokens per source token (default: the training setting)")
+
+
+def search_settings(args: argparse.Namespace) -> SearchSettings:
+    from seq2seq.translate import SearchSettings
+
+    return SearchSettings(args.beam_size, args.alpha, getattr(args, "nbest", 1), args.max_length_ratio)
 
 
 def run_translate(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
     from seq2seq.corpora import read_lines
-    from seq2seq.evaluate import write_lines
+    from seq2seq.files import write_lines
     from seq2seq.translate import Translator
 
-    translator = Translator.from_checkpoint(args.checkpoint, args.device, args.beam_size, args.alpha)
+    translator = Translator.from_checkpoint(args.checkpoint, args.device, search_settings(args))
     if args.input is None and sys.stdin.isatty():
         interactive(translator)
         return
@@ -80,31 +111,104 @@ def run_translate(args: argparse.Namespace) -> None:
         lines = read_lines(Path("<stdin>"), sys.stdin.buffer.read())
     else:
         lines = read_lines(Path(args.input))
-    translations = translator.translate(lines, args.batch_size)
+    with tqdm(total=len(lines), unit="sent", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
+        translations = translator.translate_detailed(lines, args.batch_size, bar.update)
+    if args.attention:
+        draw_attention(translator, translations, Path(args.attention))
+    output = format_translations(translations, args.nbest, args.scores)
     if args.output:
-        write_lines(Path(args.output), translations)
+        write_lines(Path(args.output), output)
     else:
-        sys.stdout.writelines(line + "\n" for line in translations)
+        sys.stdout.writelines(line + "\n" for line in output)
 
 
-def interactive(translator) -> None:
+def format_translations(translations: list[Translation], nbest: int, scores: bool) -> list[str]:
+    """One line per input line, or with nbest > 1, `nbest` lines `LINE_NUMBER<TAB>TRANSLATION` per input line."""
+    lines = []
+    for number, translation in enumerate(translations, start=1):
+        candidates = list(zip(translation.texts, translation.hypotheses)) or [("", None)] * nbest
+        for text, hypothesis in candidates[:nbest]:
+            fields = [str(number)] if nbest > 1 else []
+            fields.append(text)
+            if scores:
+                fields.append(f"{hypothesis.log_probability:.4f}" if hypothesis else "")
+            lines.append("\t".join(fields))
+    return lines
+
+
+def draw_attention(translator: Translator, translations: list[Translation], folder: Path) -> None:
+    """One heatmap per translated line (the best hypothesis), named by line number."""
+    from seq2seq.figures import attention_heatmap
+
+    for number, translation in enumerate(translations, start=1):
+        if translation.hypotheses:
+            best = translation.hypotheses[0]
+            attention_heatmap(
+                translator.source_pieces(translation),
+                translator.target_pieces(best),
+                best.attention,
+                folder / f"{number:06d}.png",
+                title=f"line {number}: {translation.text[:80]}",
+            )
+
+
+def interactive(translator: Translator) -> None:
+    """A prompt: type a sentence, read its translation; `:attention` toggles the attention view."""
+    from seq2seq.figures import attention_text
+
     corpus = translator.corpus
-    print(f"Translating {corpus.get('source_lang', '?')} → {corpus.get('target_lang', '?')}. Type a sentence; Ctrl-D to quit.")
+    print(
+        f"Translating {corpus.get('source_lang', '?')} → {corpus.get('target_lang', '?')}. "
+        "Type a sentence; ':attention' shows or hides where the model looked; Ctrl-D quits."
+    )
+    show_attention = False
     while True:
         try:
             line = input("> ")
         except EOFError:
             print()
             return
-        print(translator.translate([line])[0])
+        if line.strip() == ":attention":
+            show_attention = not show_attention
+            print(f"attention view {'on' if show_attention else 'off'}")
+            continue
+        translation = translator.translate_detailed([line])[0]
+        print(translation.text)
+        if show_attention and translation.hypotheses:
+            best = translation.hypotheses[0]
+            print(attention_text(translator.source_pieces(translation), translator.target_pieces(best), best.attention))
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
-    from seq2seq.evaluate import evaluate_checkpoint
+    from seq2seq.evaluate import evaluate_checkpoint, score_files
 
-    for split, scores in evaluate_checkpoint(
-        args.checkpoint, args.split, args.mirror, args.batch_size, args.beam_size, args.alpha
-    ).items():
-        print(f"{split}:")
-        for result in scores:
-            print(f"  {result}")
+    if args.hyp or args.ref:
+        if not (args.hyp and args.ref) or args.checkpoint:
+            raise Seq2SeqError("score files with --hyp FILE --ref FILE [--ref FILE ...] (and no --checkpoint)")
+        for result in score_files(args.hyp, args.ref):
+            print(result)
+        return
+    if not args.checkpoint:
+        raise Seq2SeqError("evaluate needs --checkpoint CKPT (or --hyp FILE --ref FILE to score files)")
+    report = evaluate_checkpoint(args.checkpoint, args.split, args.mirror, args.batch_size, search_settings(args))
+    for result in report.results:
+        print(f"{result.split} ({result.sentences} sentences, {report.search['name']}):")
+        for value in result.scores:
+            print(f"  {value}")
+    print(f"Report: {', '.join(report.files)}")
+
+
+def run_average(args: argparse.Namespace) -> None:
+    from seq2seq.average import average_checkpoints
+
+    average_checkpoints(args.checkpoints, args.output)
+    print(f"Averaged {len(args.checkpoints)} checkpoints into {args.output}")
+
+
+def run_plot(args: argparse.Namespace) -> None:
+    from seq2seq.figures import training_curves
+
+    run_dir = Path(args.run_dir)
+    output = Path(args.output) if args.output else run_dir / "curves.png"
+    training_curves(run_dir, output)
+    print(f"Wrote {output}")

@@ -1,18 +1,27 @@
-"""Score translations with sacreBLEU (detokenized, multi-reference where the split has it)."""
+"""Score translations with sacreBLEU and write reports others can reproduce.
+
+The headline is cased, detokenized BLEU (sacreBLEU's default); lowercased BLEU (what
+most Multi30k papers report), chrF and TER stand beside it. Every score carries its
+sacreBLEU signature. Splits with several references per sentence are scored against
+all of them.
+"""
 
 from __future__ import annotations
 
-import os
-import tempfile
-from dataclasses import dataclass
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from importlib.metadata import version
 from pathlib import Path
 
-from sacrebleu.metrics import BLEU, CHRF
+from sacrebleu.metrics import BLEU, CHRF, TER
 
-from seq2seq.corpora import Example, open_corpus
+from seq2seq.corpora import Example, open_corpus, read_lines
 from seq2seq.errors import Seq2SeqError
+from seq2seq.files import atomic_path, write_lines
 from seq2seq.training import reference_streams
-from seq2seq.translate import Translator
+from seq2seq.translate import SearchSettings, Translator
 
 
 @dataclass
@@ -28,13 +37,28 @@ class Score:
 
 
 def score(hypotheses: list[str], references: list[tuple[str, ...]]) -> list[Score]:
-    """BLEU and chrF of `hypotheses` against one or more references per sentence."""
+    """BLEU, lowercased BLEU, chrF and TER of `hypotheses` against one or more references each."""
     streams = reference_streams(references)
-    results = []
-    for metric in (BLEU(), CHRF()):
-        value = metric.corpus_score(hypotheses, streams)
-        results.append(Score(metric.__class__.__name__.replace("CHRF", "chrF"), value.score, str(metric.get_signature())))
-    return results
+    metrics = {"BLEU": BLEU(), "BLEU lowercased": BLEU(lowercase=True), "chrF": CHRF(), "TER": TER()}
+    return [
+        Score(name, metric.corpus_score(hypotheses, streams).score, str(metric.get_signature()))
+        for name, metric in metrics.items()
+    ]
+
+
+def score_files(hypothesis_file: str | Path, reference_files: list[str | Path]) -> list[Score]:
+    """Score a file of translations against one or more reference files, line by line."""
+    hypotheses = read_lines(Path(hypothesis_file))
+    columns = []
+    for reference_file in reference_files:
+        references = read_lines(Path(reference_file))
+        if len(references) != len(hypotheses):
+            raise Seq2SeqError(
+                f"{reference_file} has {len(references)} lines but {hypothesis_file} has {len(hypotheses)}: "
+                "a reference file needs exactly one line per translation"
+            )
+        columns.append(references)
+    return score(hypotheses, list(zip(*columns)))
 
 
 def load_split(translator: Translator, split: str | None, mirror: str | None = None) -> dict[str, list[Example]]:
@@ -54,15 +78,59 @@ def load_split(translator: Translator, split: str | None, mirror: str | None = N
     return {name: splits[name] for name in wanted}
 
 
-def write_lines(path: Path, lines: list[str]) -> None:
-    """Write atomically: a temporary file renamed into place, never a half-written file."""
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.writelines(line + "\n" for line in lines)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+@dataclass
+class SplitResult:
+    """The scores of one split and where its translations were saved."""
+
+    split: str
+    sentences: int
+    references_per_sentence: int
+    hypotheses_file: str
+    seconds: float
+    scores: list[Score]
+
+
+@dataclass
+class Report:
+    """Everything needed to reproduce an evaluation: model, search, corpus, software, scores."""
+
+    checkpoint: str
+    search: dict
+    corpus: dict
+    results: list[SplitResult]
+    files: list[str] = field(default_factory=list)  # where this report is saved (.md, .json)
+    software: dict = field(default_factory=lambda: {name: version(name) for name in ("torch", "sacrebleu", "sentencepiece")})
+    date: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    def markdown(self) -> str:
+        corpus = self.corpus
+        lines = [
+            f"# Evaluation of `{self.checkpoint}`",
+            "",
+            f"Corpus {corpus.get('corpus')} {corpus.get('source_lang')}→{corpus.get('target_lang')}; "
+            f"search {self.search['name']} (beam size {self.search['beam_size']}, alpha {self.search['alpha']}, "
+            f"max length ratio {self.search['max_length_ratio']}); {self.date}; "
+            + ", ".join(f"{name} {v}" for name, v in self.software.items()),
+            "",
+            "| split | sentences | refs | " + " | ".join(s.name for s in self.results[0].scores) + " | sent/s |",
+            "|---|---|---|" + "---|" * (len(self.results[0].scores) + 1),
+        ]
+        for result in self.results:
+            scores = " | ".join(f"{s.score:.2f}" for s in result.scores)
+            speed = result.sentences / max(result.seconds, 1e-9)
+            lines.append(f"| {result.split} | {result.sentences} | {result.references_per_sentence} | {scores} | {speed:.0f} |")
+        lines += ["", "sacreBLEU signatures:", ""]
+        lines += [f"- {s.name}: `{s.signature}`" for s in self.results[0].scores]
+        lines += ["", "Translations: " + ", ".join(f"`{r.hypotheses_file}`" for r in self.results), ""]
+        return "\n".join(lines)
+
+    def save(self, stem: Path) -> None:
+        """Write `<stem>.md` and `<stem>.json` (atomically)."""
+        self.files = [str(stem.with_name(stem.name + ".md")), str(stem.with_name(stem.name + ".json"))]
+        with atomic_path(self.files[0]) as tmp:
+            tmp.write_text(self.markdown(), encoding="utf-8")
+        with atomic_path(self.files[1]) as tmp:
+            tmp.write_text(json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def evaluate_checkpoint(
@@ -70,15 +138,33 @@ def evaluate_checkpoint(
     split: str | None = None,
     mirror: str | None = None,
     batch_size: int = 64,
-    beam_size: int = 1,
-    alpha: float = 0.6,
-) -> dict[str, list[Score]]:
-    """Translate split(s) of the model's corpus, save the hypotheses beside the checkpoint, score them."""
-    translator = Translator.from_checkpoint(checkpoint, beam_size=beam_size, alpha=alpha)
-    results = {}
+    search: SearchSettings = SearchSettings(),
+) -> Report:
+    """Translate split(s) of the model's corpus and score them.
+
+    Beside the checkpoint go the translations (`<stem>.<search>.<split>.<lang>`) and the
+    report (`<stem>.<search>.report.md` and `.json`); the search name (`greedy`, `beam5`)
+    keeps runs with different settings apart.
+    """
+    checkpoint = Path(checkpoint)
+    translator = Translator.from_checkpoint(checkpoint, search=search)
+    prefix = f"{checkpoint.stem}.{search.describe()}"
+    results = []
     for name, examples in load_split(translator, split, mirror).items():
+        start = time.perf_counter()
         hypotheses = translator.translate([e.source for e in examples], batch_size)
-        target = translator.corpus["target_lang"]
-        write_lines(Path(checkpoint).with_name(f"{Path(checkpoint).stem}.{name}.{target}"), hypotheses)
-        results[name] = score(hypotheses, [e.references for e in examples])
-    return results
+        seconds = time.perf_counter() - start
+        hypotheses_file = checkpoint.with_name(f"{prefix}.{name}.{translator.corpus['target_lang']}")
+        write_lines(hypotheses_file, hypotheses)
+        references = [e.references for e in examples]
+        results.append(
+            SplitResult(name, len(examples), max(map(len, references)), str(hypotheses_file), seconds, score(hypotheses, references))
+        )
+    report = Report(
+        str(checkpoint),
+        {"name": search.describe(), **asdict(search), "max_length_ratio": translator.max_length_ratio},
+        translator.corpus,
+        results,
+    )
+    report.save(checkpoint.with_name(f"{prefix}.report"))
+    return report

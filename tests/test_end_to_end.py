@@ -9,7 +9,7 @@ import pytest
 from seq2seq.cli import main
 from seq2seq.data import TranslationDataModule
 from seq2seq.evaluate import score
-from seq2seq.translate import Translator, load_checkpoint
+from seq2seq.translate import SearchSettings, Translator, load_checkpoint
 from tests.conftest import TINY_CONFIG, read_metrics
 
 
@@ -79,8 +79,10 @@ def test_translate_command_with_files(tiny_checkpoint, training_examples, tmp_pa
 def test_evaluate_command_prints_scores_and_saves_hypotheses(tiny_checkpoint, mirror, capsys):
     assert main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--mirror", str(mirror)]) == 0
     printed = capsys.readouterr().out
-    assert "BLEU = " in printed and "nrefs:var" in printed and "chrF = " in printed
-    hypotheses = (tiny_checkpoint.parent / "last.test.fr").read_text(encoding="utf-8").split("\n")[:-1]
+    for metric in ("BLEU = ", "BLEU lowercased = ", "chrF = ", "TER = "):
+        assert metric in printed
+    assert "nrefs:var" in printed
+    hypotheses = (tiny_checkpoint.parent / "last.greedy.test.fr").read_text(encoding="utf-8").split("\n")[:-1]
     assert len(hypotheses) == 2000
 
 
@@ -98,7 +100,7 @@ def test_unknown_config_key_is_rejected(tmp_path):
 
 
 def test_beam_search_also_reproduces_training_pairs(tiny_checkpoint, training_examples):
-    beam = Translator.from_checkpoint(tiny_checkpoint, beam_size=5)
+    beam = Translator.from_checkpoint(tiny_checkpoint, search=SearchSettings(beam_size=5))
     hypotheses = beam.translate([e.source for e in training_examples])
     assert score(hypotheses, [e.references for e in training_examples])[0].score > 90
 

@@ -1,0 +1,70 @@
+"""Greedy and beam search on the trained tiny model: consistent, batch-independent, ranked."""
+
+import random
+
+import pytest
+import torch
+
+from seq2seq.errors import Seq2SeqError
+from seq2seq.search import beam_search, greedy_search
+from seq2seq.translate import SearchSettings, Translator
+
+
+@pytest.fixture(scope="module")
+def sentences(data_dir, mirror) -> list[str]:
+    """64 sources: memorised training sentences and unseen validation ones, of varied length."""
+    from seq2seq.data import TranslationDataModule
+
+    splits = TranslationDataModule(data_dir=str(data_dir), mirror=str(mirror), max_train_examples=300, vocab_size=400).load_splits()
+    return [e.source for e in splits["train"][:32]] + [e.source for e in splits["valid"][:32]]
+
+
+def test_beam_of_one_is_greedy_search_on_a_trained_model(tiny_checkpoint, sentences):
+    translator = Translator.from_checkpoint(tiny_checkpoint)
+    source_ids = translator._encode(sentences)
+    lengths = torch.tensor([len(ids) for ids in source_ids])
+    source = torch.nn.utils.rnn.pad_sequence([torch.tensor(ids) for ids in source_ids], batch_first=True)
+    greedy = greedy_search(translator.net, source, lengths, translator.max_length_ratio)
+    beam = beam_search(translator.net, source, lengths, beam_size=1, alpha=0.0, max_length_ratio=translator.max_length_ratio)
+    for g, (b,) in zip(greedy, beam):
+        assert g.tokens == b.tokens
+        assert g.log_probability == pytest.approx(b.log_probability, abs=1e-4)
+        assert torch.allclose(g.attention, b.attention, atol=1e-5)
+
+
+@pytest.mark.parametrize("beam_size", [1, 5])
+def test_output_does_not_depend_on_batch_size_or_order(tiny_checkpoint, sentences, beam_size):
+    translator = Translator.from_checkpoint(tiny_checkpoint, search=SearchSettings(beam_size=beam_size, nbest=beam_size))
+    reference = translator.translate_detailed(sentences, batch_size=64)
+    for batch_size in (1, 7):
+        assert [t.texts for t in translator.translate_detailed(sentences, batch_size)] == [t.texts for t in reference]
+    order = list(range(len(sentences)))
+    random.Random(0).shuffle(order)
+    shuffled = translator.translate_detailed([sentences[i] for i in order], batch_size=7)
+    for position, index in enumerate(order):
+        assert shuffled[position].texts == reference[index].texts
+        assert [h.score for h in shuffled[position].hypotheses] == pytest.approx([h.score for h in reference[index].hypotheses], abs=1e-4)
+
+
+def test_nbest_lists_are_sorted_and_of_the_requested_size(tiny_checkpoint, sentences):
+    translator = Translator.from_checkpoint(tiny_checkpoint, search=SearchSettings(beam_size=5, nbest=4))
+    for translation in translator.translate_detailed(sentences):
+        scores = [h.score for h in translation.hypotheses]
+        assert len(scores) == 4
+        assert scores == sorted(scores, reverse=True)
+        assert len(set(map(tuple, (h.tokens for h in translation.hypotheses)))) == 4  # distinct hypotheses
+
+
+def test_max_length_ratio_caps_the_output(tiny_checkpoint, sentences):
+    translator = Translator.from_checkpoint(tiny_checkpoint, search=SearchSettings(max_length_ratio=0.01))
+    for translation in translator.translate_detailed(sentences):
+        assert len(translation.hypotheses[0].tokens) <= 10  # the cap never goes below 10 tokens
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [({"beam_size": 0}, "beam size must be at least 1"), ({"beam_size": 2, "nbest": 3}, "--beam-size 3"), ({"max_length_ratio": -1}, "positive")],
+)
+def test_bad_search_settings_are_named(settings, message):
+    with pytest.raises(Seq2SeqError, match=message):
+        SearchSettings(**settings)
