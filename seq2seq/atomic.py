@@ -41,6 +41,12 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     sync_folder(path.parent)
 
 
+def write_lines(path: str | os.PathLike, lines: list[str]) -> None:
+    """One UTF-8 line per item, written atomically."""
+    with atomic_write(path) as out:
+        out.write("".join(line + "\n" for line in lines).encode("utf-8"))
+
+
 def sync_folder(folder: Path) -> None:
     """Make a rename in `folder` durable (a power cut right after it keeps the new name)."""
     try:

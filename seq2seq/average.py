@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from seq2seq.errors import Seq2SeqError
-from seq2seq.files import atomic_path
+from seq2seq.atomic import atomic_write
 from seq2seq.translate import load_checkpoint
 
 MUST_MATCH = ("network", "source_tokenizer", "target_tokenizer")  # else the weights mean nothing together
@@ -44,6 +44,6 @@ def average_checkpoints(paths: Sequence[str | Path], output: str | Path) -> dict
         "state_dict": averaged,
         "seq2seq": {**first["seq2seq"], "averaged_from": [str(path) for path in paths]},
     }
-    with atomic_path(output) as tmp:
-        torch.save(checkpoint, tmp)
+    with atomic_write(output) as out:
+        torch.save(checkpoint, out)
     return checkpoint

@@ -100,7 +100,7 @@ def run_translate(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     from seq2seq.corpora import read_lines
-    from seq2seq.files import write_lines
+    from seq2seq.atomic import write_lines
     from seq2seq.translate import Translator
 
     translator = Translator.from_checkpoint(args.checkpoint, args.device, search_settings(args))

@@ -19,7 +19,7 @@ from sacrebleu.metrics import BLEU, CHRF, TER
 
 from seq2seq.corpora import Example, open_corpus, read_lines
 from seq2seq.errors import Seq2SeqError
-from seq2seq.files import atomic_path, write_lines
+from seq2seq.atomic import write_lines
 from seq2seq.training import reference_streams
 from seq2seq.translate import SearchSettings, Translator
 
@@ -127,10 +127,8 @@ class Report:
     def save(self, stem: Path) -> None:
         """Write `<stem>.md` and `<stem>.json` (atomically)."""
         self.files = [str(stem.with_name(stem.name + ".md")), str(stem.with_name(stem.name + ".json"))]
-        with atomic_path(self.files[0]) as tmp:
-            tmp.write_text(self.markdown(), encoding="utf-8")
-        with atomic_path(self.files[1]) as tmp:
-            tmp.write_text(json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        write_lines(self.files[0], [self.markdown()])
+        write_lines(self.files[1], [json.dumps(asdict(self), indent=2, ensure_ascii=False)])
 
 
 def evaluate_checkpoint(

@@ -12,7 +12,7 @@ from pathlib import Path
 from torch import Tensor
 
 from seq2seq.errors import Seq2SeqError
-from seq2seq.files import atomic_path
+from seq2seq.atomic import atomic_write
 
 SHADES = " ·░▒▓█"  # attention weight 0 → 1, for the text view
 INCHES_PER_TOKEN = 0.22  # keeps 50-token sentences legible at 8-point labels
@@ -28,8 +28,8 @@ def _pyplot():
 
 
 def save_figure(figure, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    with atomic_write(path) as out:
+        figure.savefig(out, format="png", dpi=120, bbox_inches="tight")
 
 
 def attention_heatmap(source_pieces: list[str], target_pieces: list[str], weights: Tensor, path: Path, title: str = "") -> None:

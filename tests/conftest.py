@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 
@@ -50,12 +49,3 @@ def tiny_run(tmp_path_factory, data_dir, mirror) -> Path:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_run) -> Path:
     return tiny_run / "last.ckpt"
-
-
-def read_metrics(run: Path) -> list[dict[str, str]]:
-    """Every metrics row of a run folder, over all its (resumed) versions in order."""
-    rows = []
-    for path in sorted((run / "logs").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1])):
-        with open(path) as handle:
-            rows += list(csv.DictReader(handle))
-    return rows

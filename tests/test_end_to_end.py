@@ -10,7 +10,8 @@ from seq2seq.cli import main
 from seq2seq.data import TranslationDataModule
 from seq2seq.evaluate import score
 from seq2seq.translate import SearchSettings, Translator, load_checkpoint
-from tests.conftest import TINY_CONFIG, read_metrics
+from seq2seq.figures import read_run_metrics
+from tests.conftest import TINY_CONFIG
 
 
 @pytest.fixture(scope="module")
@@ -20,14 +21,14 @@ def training_examples(data_dir, mirror):
 
 
 def test_training_loss_falls(tiny_run):
-    losses = [float(row["train_loss"]) for row in read_metrics(tiny_run) if row.get("train_loss")]
+    losses = [float(row["train_loss"]) for row in read_run_metrics(tiny_run) if row.get("train_loss")]
     assert losses[-1] < losses[0] / 10
 
 
 def test_run_folder_holds_checkpoints_config_and_metrics(tiny_run):
     for name in ("best.ckpt", "last.ckpt", "logs/version_0/config.yaml", "logs/version_0/metrics.csv"):
         assert (tiny_run / name).is_file(), name
-    assert any(row.get("val_bleu") for row in read_metrics(tiny_run))
+    assert any(row.get("val_bleu") for row in read_run_metrics(tiny_run))
 
 
 def test_tiny_model_reproduces_its_training_pairs(tiny_checkpoint, training_examples):
