@@ -82,6 +82,11 @@ class TrainingCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config
+        if config.checkpoint.save_last:
+            raise Seq2SeqError(
+                "checkpoint.save_last: last.ckpt is written by last_checkpoint (also mid-epoch and every "
+                "last_checkpoint.every_n_train_steps steps); Lightning's own would overwrite it: remove the key"
+            )
         folder = run_folder(config.checkpoint_dir, config.run_name)
         config.trainer.default_root_dir = folder
         if config.trainer.logger in (None, True):

@@ -48,6 +48,11 @@ def test_config_mistakes_on_the_command_line(tmp_path, capsys, args, expected):
     assert not (tmp_path / "runs").exists()
 
 
+def test_lightning_save_last_is_refused_because_it_would_overwrite_a_mid_epoch_last_ckpt(tmp_path, capsys):
+    error = run_cli(capsys, *train(tmp_path, "--checkpoint.save_last", "true"))
+    assert error.startswith("seq2seq: error: checkpoint.save_last: last.ckpt is written by last_checkpoint")
+
+
 def test_unknown_key_in_a_config_file(tmp_path, capsys):
     config = tmp_path / "mine.yaml"
     config.write_text("trainer:\n  max_epocs: 3\n")

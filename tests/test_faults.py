@@ -119,6 +119,16 @@ def test_kill_9_then_the_same_command_resumes_and_ends_with_the_uninterrupted_we
         torch.testing.assert_close(resumed[name], uninterrupted[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
+@pytest.mark.slow
+def test_max_time_stopping_mid_epoch_writes_a_resumable_last_ckpt(tmp_path, data_dir, mirror, capsys):
+    args = train_args(tmp_path, data_dir, mirror, "--trainer.max_time", "00:00:00:02", "--last_checkpoint.every_n_train_steps", "0")
+    assert main(args) == 0
+    saved = load_checkpoint(tmp_path / "tiny" / "last.ckpt")
+    epochs = saved["loops"]["fit_loop"]["epoch_progress"]["current"]
+    assert epochs["processed"] == epochs["started"] - 1  # saved inside the epoch, not after it
+    assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["epoch"] == epochs["processed"]
+
+
 # --------------------------------------------------------------------------- full disk
 
 
