@@ -8,7 +8,7 @@ ARGS    ?=
 CKPT    ?= $(shell ls -t checkpoints/*/best.ckpt 2>/dev/null | head -n 1)
 BIN      = $(VENV)/bin
 
-.PHONY: setup train translate evaluate test clean
+.PHONY: setup train translate evaluate test bench clean
 
 setup: $(VENV)/.installed
 
@@ -32,6 +32,9 @@ evaluate: setup
 
 test: setup
 	$(BIN)/python -m pytest $(ARGS)
+
+bench: setup
+	$(BIN)/seq2seq bench $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache *.egg-info

@@ -6,6 +6,7 @@
     seq2seq evaluate --hyp FILE --ref FILE [--ref FILE ...]
     seq2seq average --output CKPT CKPT1 CKPT2 ...
     seq2seq plot RUN_DIR
+    seq2seq bench [--config configs/bench-multi30k-en-de.yaml]
 
 Errors a user can cause become one line on stderr and exit status 1.
 """
@@ -80,6 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("run_dir", help="a run folder, e.g. checkpoints/tatoeba-en-fr")
     plot.add_argument("--output", help="PNG to write (default: RUN_DIR/curves.png)")
     plot.set_defaults(run=run_plot)
+
+    bench = commands.add_parser("bench", help="measure training and translation speed of the reference model here")
+    bench.add_argument("--config", default="configs/bench-multi30k-en-de.yaml", help="the model and data to measure")
+    bench.add_argument("--checkpoint", help="trained model for translation (default: the config's run folder best.ckpt)")
+    bench.add_argument("--precision", nargs="+", default=["32-true", "bf16-mixed"], help="training precisions to measure")
+    bench.add_argument("--warmup-steps", type=int, default=20, help="training steps before timing starts")
+    bench.add_argument("--steps", type=int, default=100, help="training steps timed")
+    bench.add_argument("--sentences", type=int, default=1000, help="test sentences translated")
+    bench.add_argument("--mirror", help="folder to copy corpus files from (default: $SEQ2SEQ_DATA_MIRROR)")
+    bench.add_argument("--output", default="BENCHMARKS", help="writes OUTPUT.md and OUTPUT.json")
+    bench.set_defaults(run=run_bench)
     return parser
 
 
@@ -212,3 +224,14 @@ def run_plot(args: argparse.Namespace) -> None:
     output = Path(args.output) if args.output else run_dir / "curves.png"
     training_curves(run_dir, output)
     print(f"Wrote {output}")
+
+
+def run_bench(args: argparse.Namespace) -> None:
+    from seq2seq.bench import run_bench, save
+
+    results = run_bench(
+        args.config, args.checkpoint, args.precision, args.warmup_steps, args.steps, sentences=args.sentences, mirror=args.mirror
+    )
+    command = "seq2seq bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "seq2seq bench"
+    save(results, Path(args.output), args.config, args.checkpoint, command.strip())
+    print(f"Wrote {args.output}.md and {args.output}.json")

@@ -1,0 +1,317 @@
+"""`seq2seq bench`: how fast this machine trains and translates the reference model.
+
+One run measures everything moments apart on the same machine, so its ratios can be
+compared even where absolute figures are noisy:
+
+- the machine's matrix-multiply peak (fp32 and bf16), the yardstick for the rest;
+- training: steady-state target tokens/s after a warm-up, without validation, for each
+  precision asked for, the peak memory, and the FLOPs per target token of a training
+  step, hence the GFLOP/s achieved against the peak;
+- translation of a test split with a trained checkpoint: greedy and beam search at the
+  default batch size (sentences/s, target tokens/s, BLEU) and batch-1 latency.
+
+It writes a markdown summary and the raw figures as JSON.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import platform
+import resource
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from seq2seq.atomic import write_lines
+from seq2seq.data import Batch, TranslationDataModule
+from seq2seq.errors import Seq2SeqError
+from seq2seq.tokenizer import PAD_ID
+from seq2seq.training import TranslationModule
+from seq2seq.translate import SearchSettings, Translator
+
+
+@dataclass
+class TrainingFigures:
+    precision: str
+    steps: int
+    target_tokens_per_second: float
+    sentences_per_batch: float
+    peak_memory_mb: float
+
+
+@dataclass
+class TranslationFigures:
+    search: str
+    batch_size: int
+    sentences: int
+    sentences_per_second: float
+    target_tokens_per_second: float
+    bleu: float
+
+
+@dataclass
+class BenchResults:
+    machine: dict
+    matmul_gflops: dict[str, float]
+    flops_per_target_token: float = 0.0
+    training: list[TrainingFigures] = field(default_factory=list)
+    translation: list[TranslationFigures] = field(default_factory=list)
+    latency_ms: dict[str, float] = field(default_factory=dict)
+
+
+def machine() -> dict:
+    """What the figures depend on: processor, threads, accelerator, software."""
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+        "lightning": L.__version__,
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
+def matmul_gflops(dtype: torch.dtype, device: str, size: int = 2048, seconds: float = 1.5) -> float:
+    """Sustained GFLOP/s of square matrix products: the most this machine can do."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    for _ in range(2):
+        a @ b
+    synchronize(device)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        count += 1
+    synchronize(device)
+    return 2 * size**3 * count / (time.perf_counter() - start) / 1e9
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def reset_peak_memory(device: str) -> None:
+    """Start a new peak: CUDA's allocator counter, or Linux's peak resident set (VmHWM)."""
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # elsewhere the peak covers the whole process
+
+
+def peak_memory_mb(device: str) -> float:
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class ThroughputMeter(L.Callback):
+    """Counts target tokens and wall time over the steps after the warm-up."""
+
+    def __init__(self, warmup_steps: int) -> None:
+        self.warmup_steps = warmup_steps
+        self.start = 0.0
+        self.end = 0.0
+        self.tokens = 0
+        self.sentences = 0
+        self.batches = 0
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs, batch: Batch, batch_idx: int) -> None:
+        synchronize(str(module.device))
+        if trainer.global_step == self.warmup_steps:
+            self.start = time.perf_counter()
+        elif trainer.global_step > self.warmup_steps:
+            self.end = time.perf_counter()
+            self.tokens += int((batch.target_out != PAD_ID).sum())
+            self.sentences += batch.source.size(0)
+            self.batches += 1
+
+
+def measure_training(
+    template: TranslationModule, data: TranslationDataModule, precision: str, warmup: int, steps: int, device: str
+) -> tuple[TrainingFigures, TranslationModule]:
+    """Train a fresh copy of `template` (not yet built) for warmup + steps optimiser steps; time the last `steps`."""
+    module = copy.deepcopy(template)
+    meter = ThroughputMeter(warmup)
+    trainer = L.Trainer(
+        accelerator="gpu" if device.startswith("cuda") else "cpu",
+        devices=1,
+        precision=precision,
+        max_steps=warmup + steps,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        gradient_clip_val=1.0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[meter],
+    )
+    reset_peak_memory(device)
+    trainer.fit(module, datamodule=data)
+    seconds = meter.end - meter.start
+    figures = TrainingFigures(
+        precision,
+        meter.batches,
+        meter.tokens / seconds,
+        meter.sentences / max(meter.batches, 1),
+        peak_memory_mb(device),
+    )
+    return figures, module
+
+
+def flops_per_target_token(module: TranslationModule, batch: Batch) -> float:
+    """FLOPs of one training step (forward + backward) on a real batch, per target token."""
+    module.train()
+    with FlopCounterMode(display=False) as counter:
+        module.loss(batch).backward()
+    module.zero_grad()
+    return counter.get_total_flops() / int((batch.target_out != PAD_ID).sum())
+
+
+def measure_translation(
+    translator: Translator, sources: list[str], references: list[tuple[str, ...]], batch_size: int
+) -> TranslationFigures:
+    from seq2seq.evaluate import score
+
+    translator.translate(sources[:batch_size], batch_size)  # warm-up: allocator, kernels
+    synchronize(str(translator.device))
+    start = time.perf_counter()
+    translations = translator.translate_detailed(sources, batch_size)
+    synchronize(str(translator.device))
+    seconds = time.perf_counter() - start
+    tokens = sum(len(t.hypotheses[0].tokens) + 1 for t in translations if t.hypotheses)
+    bleu = score([t.text for t in translations], references)[0].score
+    return TranslationFigures(translator.search.describe(), batch_size, len(sources), len(sources) / seconds, tokens / seconds, bleu)
+
+
+def latency_ms(translator: Translator, sources: list[str]) -> float:
+    """Median milliseconds to translate one sentence on its own (batch size 1)."""
+    times = []
+    for sentence in sources:
+        start = time.perf_counter()
+        translator.translate([sentence], 1)
+        synchronize(str(translator.device))
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def run_bench(
+    config: str,
+    checkpoint: str | None,
+    precisions: list[str],
+    warmup: int = 20,
+    steps: int = 100,
+    beam_size: int = 5,
+    batch_size: int = 64,
+    sentences: int = 1000,
+    latency_sentences: int = 100,
+    mirror: str | None = None,
+    device: str | None = None,
+) -> BenchResults:
+    """Measure everything (see the module docstring), printing each figure as it comes."""
+    check_precisions(precisions)
+    from seq2seq.evaluate import load_split
+    from seq2seq.train_cli import TrainingCLI
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no per-run banners between the figures
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    results = BenchResults(machine(), {"fp32": matmul_gflops(torch.float32, device), "bf16": matmul_gflops(torch.bfloat16, device)})
+    print(f"matmul peak: fp32 {results.matmul_gflops['fp32']:.0f} GFLOP/s, bf16 {results.matmul_gflops['bf16']:.0f} GFLOP/s")
+
+    args = ["--config", config, "--trainer.logger", "false", *(["--data.mirror", mirror] if mirror else [])]
+    cli = TrainingCLI(TranslationModule, TranslationDataModule, args=args, run=False)
+    for precision in precisions:
+        figures, module = measure_training(cli.model, cli.datamodule, precision, warmup, steps, device)
+        results.training.append(figures)
+        print(f"training {precision}: {figures.target_tokens_per_second:,.0f} target tokens/s, peak {figures.peak_memory_mb:,.0f} MB")
+    batch = next(iter(cli.datamodule.train_dataloader()))
+    results.flops_per_target_token = flops_per_target_token(module.cpu(), batch)
+
+    checkpoint = checkpoint or str(Path(cli.config.checkpoint_dir) / cli.config.run_name / "best.ckpt")
+    if not Path(checkpoint).is_file():
+        print(f"No checkpoint {checkpoint}: translation not measured (train one: make train CONFIG={config})")
+        return results
+    for search in (SearchSettings(), SearchSettings(beam_size=beam_size)):
+        translator = Translator.from_checkpoint(checkpoint, device, search)
+        split = next(iter(load_split(translator, None, mirror).values()))[:sentences]
+        figures = measure_translation(translator, [e.source for e in split], [e.references for e in split], batch_size)
+        results.translation.append(figures)
+        results.latency_ms[search.describe()] = latency_ms(translator, [e.source for e in split[:latency_sentences]])
+        print(f"translation {figures.search}: {figures.sentences_per_second:,.0f} sentences/s, BLEU {figures.bleu:.2f}")
+    return results
+
+
+def markdown(results: BenchResults, config: str, checkpoint: str | None, command: str) -> str:
+    m = results.machine
+    peak = results.matmul_gflops
+    lines = [
+        f"## `{command}`",
+        "",
+        f"{m['date']}; {m['cpu']} ({m['cpu_count']} logical CPUs, {m['torch_threads']} torch threads)"
+        + (f", GPU {m['gpu']}" if m["gpu"] else "")
+        + f"; torch {m['torch']}, Lightning {m['lightning']}, Python {m['python']}; config `{config}`.",
+        "",
+        f"Matrix-multiply peak: fp32 {peak['fp32']:,.0f} GFLOP/s, bf16 {peak['bf16']:,.0f} GFLOP/s. "
+        f"A training step costs {results.flops_per_target_token / 1e6:,.1f} MFLOP per target token (forward + backward).",
+        "",
+        "| training precision | target tokens/s | sentences/batch | achieved GFLOP/s | % of peak | peak memory (MB) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for t in results.training:
+        achieved = results.flops_per_target_token * t.target_tokens_per_second / 1e9
+        reference = peak["bf16" if "bf16" in t.precision else "fp32"]
+        lines.append(
+            f"| {t.precision} | {t.target_tokens_per_second:,.0f} | {t.sentences_per_batch:.0f} | {achieved:,.0f} | "
+            f"{100 * achieved / reference:.1f} | {t.peak_memory_mb:,.0f} |"
+        )
+    if results.translation:
+        lines += [
+            "",
+            f"Translation with `{checkpoint}`:",
+            "",
+            "| search | batch | sentences | sentences/s | target tokens/s | BLEU | batch-1 latency (ms, median) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for t in results.translation:
+            lines.append(
+                f"| {t.search} | {t.batch_size} | {t.sentences} | {t.sentences_per_second:,.0f} | "
+                f"{t.target_tokens_per_second:,.0f} | {t.bleu:.2f} | {results.latency_ms[t.search]:.1f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def save(results: BenchResults, output: Path, config: str, checkpoint: str | None, command: str) -> None:
+    """`<output>.md` (a summary to read) and `<output>.json` (every figure)."""
+    write_lines(output.with_suffix(".md"), [markdown(results, config, checkpoint, command)])
+    write_lines(output.with_suffix(".json"), [json.dumps(asdict(results), indent=2)])
+
+
+def check_precisions(precisions: list[str]) -> None:
+    known = ("32-true", "bf16-mixed", "16-mixed")
+    unknown = [p for p in precisions if p not in known]
+    if unknown:
+        raise Seq2SeqError(f"unknown precision {', '.join(unknown)}: choose from {', '.join(known)}")
