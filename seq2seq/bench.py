@@ -50,6 +50,7 @@ class TrainingFigures:
 @dataclass
 class TranslationFigures:
     search: str
+    precision: str
     batch_size: int
     sentences: int
     sentences_per_second: float
@@ -205,7 +206,7 @@ def measure_translation(
     seconds = time.perf_counter() - start
     tokens = sum(len(t.hypotheses[0].tokens) + 1 for t in translations if t.hypotheses)
     bleu = score([t.text for t in translations], references)[0].score
-    return TranslationFigures(translator.search.describe(), batch_size, len(sources), len(sources) / seconds, tokens / seconds, bleu)
+    return TranslationFigures(translator.search.describe(), translator.precision, batch_size, len(sources), len(sources) / seconds, tokens / seconds, bleu)
 
 
 def latency_ms(translator: Translator, sources: list[str]) -> float:
@@ -255,13 +256,16 @@ def run_bench(
     if not Path(checkpoint).is_file():
         print(f"No checkpoint {checkpoint}: translation not measured (train one: make train CONFIG={config})")
         return results
-    for search in (SearchSettings(), SearchSettings(beam_size=beam_size)):
-        translator = Translator.from_checkpoint(checkpoint, device, search)
-        split = next(iter(load_split(translator, None, mirror).values()))[:sentences]
-        figures = measure_translation(translator, [e.source for e in split], [e.references for e in split], batch_size)
-        results.translation.append(figures)
-        results.latency_ms[search.describe()] = latency_ms(translator, [e.source for e in split[:latency_sentences]])
-        print(f"translation {figures.search}: {figures.sentences_per_second:,.0f} sentences/s, BLEU {figures.bleu:.2f}")
+    inference_precisions = ["fp32", "bf16"] if device.startswith("cuda") else ["fp32", "int8"]
+    for precision in inference_precisions:
+        for search in (SearchSettings(), SearchSettings(beam_size=beam_size)):
+            translator = Translator.from_checkpoint(checkpoint, device, search, precision)
+            split = next(iter(load_split(translator, None, mirror).values()))[:sentences]
+            figures = measure_translation(translator, [e.source for e in split], [e.references for e in split], batch_size)
+            results.translation.append(figures)
+            name = f"{figures.search} {precision}"
+            results.latency_ms[name] = latency_ms(translator, [e.source for e in split[:latency_sentences]])
+            print(f"translation {name}: {figures.sentences_per_second:,.0f} sentences/s, BLEU {figures.bleu:.2f}")
     return results
 
 
@@ -293,13 +297,13 @@ def markdown(results: BenchResults, config: str, checkpoint: str | None, command
             "",
             f"Translation with `{checkpoint}`:",
             "",
-            "| search | batch | sentences | sentences/s | target tokens/s | BLEU | batch-1 latency (ms, median) |",
-            "|---|---|---|---|---|---|---|",
+            "| search | precision | batch | sentences | sentences/s | target tokens/s | BLEU | batch-1 latency (ms, median) |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for t in results.translation:
             lines.append(
-                f"| {t.search} | {t.batch_size} | {t.sentences} | {t.sentences_per_second:,.0f} | "
-                f"{t.target_tokens_per_second:,.0f} | {t.bleu:.2f} | {results.latency_ms[t.search]:.1f} |"
+                f"| {t.search} | {t.precision} | {t.batch_size} | {t.sentences} | {t.sentences_per_second:,.0f} | "
+                f"{t.target_tokens_per_second:,.0f} | {t.bleu:.2f} | {results.latency_ms[f'{t.search} {t.precision}']:.1f} |"
             )
     return "\n".join(lines) + "\n"
 

@@ -109,7 +109,7 @@ class Report:
             "",
             f"Corpus {corpus.get('corpus')} {corpus.get('source_lang')}→{corpus.get('target_lang')}; "
             f"search {self.search['name']} (beam size {self.search['beam_size']}, alpha {self.search['alpha']}, "
-            f"max length ratio {self.search['max_length_ratio']}); {self.date}; "
+            f"max length ratio {self.search['max_length_ratio']}, {self.search['precision']}); {self.date}; "
             + ", ".join(f"{name} {v}" for name, v in self.software.items()),
             "",
             "| split | sentences | refs | " + " | ".join(s.name for s in self.results[0].scores) + " | sent/s |",
@@ -137,6 +137,7 @@ def evaluate_checkpoint(
     mirror: str | None = None,
     batch_size: int = 64,
     search: SearchSettings = SearchSettings(),
+    precision: str = "fp32",
 ) -> Report:
     """Translate split(s) of the model's corpus and score them.
 
@@ -145,8 +146,8 @@ def evaluate_checkpoint(
     keeps runs with different settings apart.
     """
     checkpoint = Path(checkpoint)
-    translator = Translator.from_checkpoint(checkpoint, search=search)
-    prefix = f"{checkpoint.stem}.{search.describe()}"
+    translator = Translator.from_checkpoint(checkpoint, search=search, precision=precision)
+    prefix = f"{checkpoint.stem}.{search.describe()}" + ("" if precision == "fp32" else f".{precision}")
     results = []
     for name, examples in load_split(translator, split, mirror).items():
         start = time.perf_counter()
@@ -160,7 +161,7 @@ def evaluate_checkpoint(
         )
     report = Report(
         str(checkpoint),
-        {"name": search.describe(), **asdict(search), "max_length_ratio": translator.max_length_ratio},
+        {"name": search.describe(), **asdict(search), "max_length_ratio": translator.max_length_ratio, "precision": precision},
         translator.corpus,
         results,
     )

@@ -48,6 +48,20 @@ def load_checkpoint(path: str | Path) -> dict:
     return checkpoint
 
 
+PRECISIONS = ("fp32", "bf16", "int8")
+
+
+def quantize_int8(net: Seq2Seq) -> torch.nn.Module:
+    """int8 weights for the linear and GRU layers, activations quantized on the fly (CPU).
+
+    PyTorch marks this eager-mode API deprecated in favour of torchao, which has no GRU
+    support yet; it works in the pinned torch, so its notices are silenced here.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(net, {torch.nn.Linear, torch.nn.GRU}, dtype=torch.qint8)
+
+
 @dataclass(frozen=True)
 class SearchSettings:
     """How to search: `beam_size` 1 is greedy search.
@@ -106,9 +120,17 @@ class Translator:
         max_length_ratio: float = 2.0,
         corpus: dict | None = None,
         search: SearchSettings = SearchSettings(),
+        precision: str = "fp32",
     ) -> None:
-        """`max_length_ratio` is the training setting, used unless `search` overrides it."""
-        self.net = net.eval()
+        """`max_length_ratio` is the training setting, used unless `search` overrides it.
+
+        `precision`: fp32; bf16 (autocast: for GPUs and CPUs with AMX/AVX512-BF16); or int8
+        (dynamic quantization of the linear and GRU layers, CPU only).
+        """
+        if precision not in PRECISIONS:
+            raise Seq2SeqError(f"unknown precision {precision!r}: choose from {', '.join(PRECISIONS)}")
+        self.precision = precision
+        self.net = quantize_int8(net.eval()) if precision == "int8" else net.eval()
         self.source_tokenizer = source_tokenizer
         self.target_tokenizer = target_tokenizer
         self.corpus = corpus or {}
@@ -121,7 +143,7 @@ class Translator:
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, device: str | None = None, search: SearchSettings = SearchSettings()
+        cls, path: str | Path, device: str | None = None, search: SearchSettings = SearchSettings(), precision: str = "fp32"
     ) -> Translator:
         checkpoint = load_checkpoint(path)
         info = checkpoint["seq2seq"]
@@ -133,8 +155,10 @@ class Translator:
             net.load_state_dict(weights)
         except RuntimeError as error:
             raise Seq2SeqError(f"checkpoint {path} weights do not fit its network settings: {str(error)[:300]}") from None
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        return cls(net.to(device), source_tokenizer, target_tokenizer, info["max_length_ratio"], info["corpus"], search)
+        device = device or ("cuda" if torch.cuda.is_available() and precision != "int8" else "cpu")
+        if precision == "int8" and device != "cpu":
+            raise Seq2SeqError("int8 translation runs on the CPU only: pass --device cpu or another --precision")
+        return cls(net.to(device), source_tokenizer, target_tokenizer, info["max_length_ratio"], info["corpus"], search, precision)
 
     def translate(self, lines: Sequence[str], batch_size: int = 64) -> list[str]:
         """One output line per input line (the best hypothesis); a blank line gives an empty line."""
@@ -186,6 +210,10 @@ class Translator:
         for row, ids in enumerate(batch_ids):
             source[row, : len(ids)] = torch.tensor(ids)
         source, lengths = source.to(self.device), lengths.to(self.device)
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == "bf16"):
+            return self._run_search(source, lengths)
+
+    def _run_search(self, source: torch.Tensor, lengths: torch.Tensor) -> list[list[Hypothesis]]:
         if self.search.beam_size == 1:
             return [[h] for h in greedy_search(self.net, source, lengths, self.max_length_ratio)]
         settings = self.search

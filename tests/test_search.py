@@ -68,3 +68,16 @@ def test_max_length_ratio_caps_the_output(tiny_checkpoint, sentences):
 def test_bad_search_settings_are_named(settings, message):
     with pytest.raises(Seq2SeqError, match=message):
         SearchSettings(**settings)
+
+
+@pytest.mark.parametrize("precision", ["int8", "bf16"])
+def test_reduced_precision_translates_the_memorised_pairs_alike(tiny_checkpoint, sentences, precision):
+    memorised = sentences[:32]
+    full = Translator.from_checkpoint(tiny_checkpoint, "cpu").translate(memorised)
+    reduced = Translator.from_checkpoint(tiny_checkpoint, "cpu", precision=precision).translate(memorised)
+    assert sum(a == b for a, b in zip(full, reduced)) >= 28
+
+
+def test_unknown_precision_is_named(tiny_checkpoint):
+    with pytest.raises(Seq2SeqError, match="unknown precision 'fp8'"):
+        Translator.from_checkpoint(tiny_checkpoint, "cpu", precision="fp8")
