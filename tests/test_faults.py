@@ -200,7 +200,8 @@ def test_nan_weights_are_never_saved():
 
 @pytest.mark.parametrize(
     "content, message",
-    [(None, "does not exist"), (b"\x00garbage" * 10, "truncated or corrupted")],
+    [(None, "does not exist"), (b"PK\x03\x04garbage" * 10, "truncated or corrupted")],
+    ids=["missing", "corrupted"],
 )
 def test_resuming_from_a_missing_or_corrupted_checkpoint_is_one_line(tmp_path, data_dir, mirror, capsys, content, message):
     checkpoint = tmp_path / "given.ckpt"
