@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.error
 import zipfile
 from pathlib import Path
 
@@ -70,6 +71,18 @@ def test_unknown_corpus_and_pair_through_the_cli(tmp_path, capsys):
     assert "unknown corpus 'wmt'; choose one of tatoeba, multi30k, custom" in run_cli(capsys, *train(tmp_path, "--data.corpus", "wmt"))
     error = run_cli(capsys, *train(tmp_path, "--data.target_lang", "de"))
     assert "corpus tatoeba has no pair en-de; choose one of en-fr, fr-en" in error
+
+
+def test_offline_without_a_mirror_through_the_cli(tmp_path, capsys, monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("Temporary failure in name resolution")
+
+    monkeypatch.delenv("SEQ2SEQ_DATA_MIRROR", raising=False)
+    monkeypatch.setattr("urllib.request.urlopen", offline)
+    error = run_cli(capsys, *train(tmp_path, "--data.data_dir", str(tmp_path / "data")))
+    assert error.startswith("seq2seq: error: could not download https://") and "set SEQ2SEQ_DATA_MIRROR" in error
+    assert list((tmp_path / "data" / "tatoeba").iterdir()) == []  # no partial download left
+    assert not list((tmp_path / "runs").rglob("*.ckpt"))
 
 
 # --------------------------------------------------------------------------- corpus files
