@@ -8,6 +8,7 @@ file or the new one, never a mix.
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,8 +16,13 @@ from typing import BinaryIO
 
 
 def temporary_path(path: Path) -> Path:
-    """The fixed temporary name of `path`: a file left by a kill is overwritten by the next write."""
-    return path.with_name(f".{path.name}.tmp")
+    """A hidden name beside `path`, unique to this writer.
+
+    Unique, because two runs may write the same file at once (both training the same
+    tokenizer, both fetching a corpus): with a shared name one could rename the other's
+    half-written file into place. A `kill -9` can leave one behind (`.NAME.PID.XXXX.tmp`).
+    """
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
 
 
 @contextmanager
@@ -30,7 +36,7 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_path(path)
     try:
-        with open(tmp, "wb") as out:
+        with open(tmp, "xb") as out:  # x: never write into another writer's file
             yield out
             out.flush()
             os.fsync(out.fileno())

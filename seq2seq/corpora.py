@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import os
 import shutil
-import tempfile
 import unicodedata
 import urllib.error
 import urllib.request
@@ -20,7 +18,9 @@ import zipfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
+from seq2seq.atomic import atomic_write
 from seq2seq.errors import Seq2SeqError
 
 MIRROR_VARIABLE = "SEQ2SEQ_DATA_MIRROR"
@@ -72,32 +72,37 @@ def fetch(remote: RemoteFile, data_dir: Path, mirror: str | os.PathLike | None =
     target = Path(data_dir) / remote.name
     if target.exists() and sha256_of(target) == remote.sha256:
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
     mirror_dir = resolve_mirror(mirror)
-    handle, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            if mirror_dir is not None:
-                origin = str(mirror_dir / remote.name)
-                _copy_from_mirror(mirror_dir / remote.name, out)
-            else:
-                origin = remote.url
-                _download(remote, out)
-        actual = sha256_of(tmp)
+    origin = remote.url if mirror_dir is None else str(mirror_dir / remote.name)
+    with atomic_write(target) as out:
+        hashed = HashingWriter(out)
+        if mirror_dir is None:
+            _download(remote, hashed)
+        else:
+            _copy_from_mirror(mirror_dir / remote.name, hashed)
+        actual = hashed.digest.hexdigest()
         if actual != remote.sha256:
             raise Seq2SeqError(
                 f"checksum mismatch for {remote.name} from {origin}: expected SHA-256 "
                 f"{remote.sha256}, got {actual}; the file was discarded. Replace the source "
                 f"file with the published one and run again."
             )
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     return target
 
 
-def _copy_from_mirror(source: Path, out: io.BufferedWriter) -> None:
+class HashingWriter:
+    """Passes writes on to `out` and hashes them, so a download is verified as it streams."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
+        self.digest = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return self.out.write(data)
+
+
+def _copy_from_mirror(source: Path, out: HashingWriter) -> None:
     if not source.is_file():
         raise Seq2SeqError(
             f"mirror file {source} does not exist: the mirror folder must hold the corpus "
@@ -107,7 +112,7 @@ def _copy_from_mirror(source: Path, out: io.BufferedWriter) -> None:
         shutil.copyfileobj(handle, out)
 
 
-def _download(remote: RemoteFile, out: io.BufferedWriter) -> None:
+def _download(remote: RemoteFile, out: HashingWriter) -> None:
     try:
         with urllib.request.urlopen(remote.url, timeout=60) as response:
             shutil.copyfileobj(response, out)

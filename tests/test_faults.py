@@ -15,6 +15,7 @@ import torch
 from lightning.fabric.utilities.data import _set_sampler_epoch
 
 from seq2seq import checkpointing
+from seq2seq.atomic import atomic_write
 from seq2seq.checkpointing import AtomicCheckpointIO
 from seq2seq.cli import main
 from seq2seq.data import EncodedPair, ResumableDataLoader, TokenBatchSampler, collate
@@ -173,6 +174,19 @@ def test_full_disk_keeps_the_previous_checkpoint_and_leaves_no_temporary_file(tm
         io.save_checkpoint({"step": torch.tensor(2)}, path)
     assert path.read_bytes() == before
     assert files_in(tmp_path) == ["last.ckpt"]
+
+
+def test_two_writers_of_one_file_never_mix_their_bytes(tmp_path):
+    """Two runs training the same tokenizer, or fetching the same corpus, at once."""
+    path = tmp_path / "source.model"
+    with atomic_write(path) as first:
+        first.write(b"A" * 1000)
+        with atomic_write(path) as second:
+            second.write(b"B" * 10)
+        assert path.read_bytes() == b"B" * 10
+        first.write(b"A" * 1000)
+    assert path.read_bytes() == b"A" * 2000
+    assert files_in(tmp_path) == ["source.model"]
 
 
 @pytest.mark.slow
