@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from seq2seq.checkpointing import AtomicCheckpointIO, LastCheckpoint
 from seq2seq.data import TranslationDataModule
@@ -73,7 +73,7 @@ class TrainingCLI(LightningCLI):
         parser.link_arguments(("checkpoint_dir", "run_name"), "checkpoint.dirpath", compute_fn=run_folder)
         parser.link_arguments(("checkpoint_dir", "run_name"), "last_checkpoint.dirpath", compute_fn=run_folder)
 
-    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         """jsonargparse's usage screen becomes one line naming the key and the closest valid one."""
         try:
             super().parse_arguments(parser, args)
@@ -95,9 +95,7 @@ class TrainingCLI(LightningCLI):
                 class_path="lightning.pytorch.loggers.CSVLogger",
                 init_args=Namespace(save_dir=folder, name="logs"),
             )
-        plugins = config.trainer.plugins
-        plugins = [] if plugins is None else plugins if isinstance(plugins, list) else [plugins]
-        config.trainer.plugins = [*plugins, Namespace(class_path=f"{AtomicCheckpointIO.__module__}.AtomicCheckpointIO")]
+        config.trainer.plugins = with_atomic_checkpoints(config.trainer.plugins)
         if config.keep_last > 0:
             config.trainer.callbacks = [*(config.trainer.callbacks or []), keep_last_checkpoints(folder, config.keep_last)]
         on_gpu = torch.cuda.is_available() and config.trainer.accelerator in ("auto", "gpu", "cuda")
@@ -106,6 +104,12 @@ class TrainingCLI(LightningCLI):
         if not on_gpu and "bf16" in str(config.trainer.precision) and not cpu_has_bf16():
             print("This CPU has no bf16 instructions (AVX512-BF16 or AMX): training in 32-true instead of bf16-mixed")
             config.trainer.precision = "32-true"
+
+
+def with_atomic_checkpoints(plugins: object) -> list:
+    """The trainer's plugins (none, one or a list) plus `AtomicCheckpointIO`."""
+    given = [] if plugins is None else plugins if isinstance(plugins, list) else [plugins]
+    return [*given, Namespace(class_path=f"{AtomicCheckpointIO.__module__}.{AtomicCheckpointIO.__name__}")]
 
 
 def keep_last_checkpoints(folder: str, count: int) -> Namespace:
