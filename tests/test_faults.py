@@ -23,6 +23,7 @@ from seq2seq.errors import Seq2SeqError
 from seq2seq.training import assert_finite
 from seq2seq.translate import load_checkpoint
 from tests.conftest import ROOT, TINY_CONFIG
+from tests.test_checkpoints import RunsCode
 
 def train_args(checkpoints: Path, data_dir: Path, mirror: Path, *extra: str) -> list[str]:
     return [
@@ -228,17 +229,26 @@ def test_nan_weights_are_never_saved():
 # --------------------------------------------------------------------------- resuming from a bad file
 
 
-@pytest.mark.parametrize(
-    "content, message",
-    [(None, "does not exist"), (b"PK\x03\x04garbage" * 10, "truncated or corrupted")],
-    ids=["missing", "corrupted"],
-)
-def test_resuming_from_a_missing_or_corrupted_checkpoint_is_one_line(tmp_path, data_dir, mirror, capsys, content, message):
+def crafted(path: Path) -> None:
+    """A checkpoint whose unpickling would create `pwned` beside it."""
+    torch.save({"state_dict": {}, "seq2seq": {"payload": RunsCode(path.parent / "pwned")}}, path)
+
+
+BAD_CHECKPOINTS = {
+    "missing": (lambda path: None, "does not exist"),
+    "corrupted": (lambda path: path.write_bytes(b"PK\x03\x04garbage" * 10), "is truncated or corrupted"),
+    "crafted to run code": (crafted, "was refused: it holds objects other than tensors"),
+}
+
+
+@pytest.mark.parametrize("kind", BAD_CHECKPOINTS)
+def test_resuming_from_a_missing_corrupted_or_malicious_checkpoint_is_one_line(tmp_path, data_dir, mirror, capsys, kind):
+    make, message = BAD_CHECKPOINTS[kind]
     checkpoint = tmp_path / "given.ckpt"
-    if content is not None:
-        checkpoint.write_bytes(content)
+    make(checkpoint)
     assert main(train_args(tmp_path, data_dir, mirror, "--ckpt_path", str(checkpoint))) == 1
     error = capsys.readouterr().err.strip()
-    assert error.startswith(f"seq2seq: error: checkpoint {checkpoint}") and message in error
+    assert error.startswith(f"seq2seq: error: checkpoint {checkpoint} {message}")
     assert "\n" not in error
+    assert not (tmp_path / "pwned").exists()  # no code from the file ran
     assert not list((tmp_path / "tiny").glob("*.ckpt"))  # nothing trained, nothing overwritten
