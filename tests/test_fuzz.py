@@ -26,7 +26,9 @@ AWKWARD = [
 any_character = st.characters(exclude_categories=("Cs",))  # every code point UTF-8 can carry
 piece = st.one_of(st.sampled_from(AWKWARD), st.text(any_character, max_size=30))
 line = st.lists(piece, max_size=4).map("".join).map(lambda text: text.replace("\n", " ").replace("\r", " "))
-FUZZ = settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 @pytest.fixture(scope="module")
