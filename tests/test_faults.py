@@ -117,8 +117,9 @@ KILL_POINTS = {
 @pytest.mark.parametrize("kill_point", KILL_POINTS)
 def test_kill_9_then_the_same_command_resumes_and_ends_with_the_uninterrupted_weights(tmp_path, data_dir, mirror, kill_point):
     options, position = KILL_POINTS[kill_point]
-    # dropout 0.1: the resumed run must also continue the saved random streams
-    extra = ("--trainer.max_epochs", "2", "--model.network.dropout", "0.1", *options)
+    # dropout 0.1: the resumed run must also continue the saved random streams; CPU: the promise is
+    # bit-exact there (cuDNN's GRU kernels are not deterministic)
+    extra = ("--trainer.max_epochs", "2", "--model.network.dropout", "0.1", "--trainer.accelerator", "cpu", *options)
     assert main(train_args(tmp_path / "straight", data_dir, mirror, *extra)) == 0
     straight = load_checkpoint(tmp_path / "straight" / "tiny" / "last.ckpt")
     assert straight["global_step"] == 14
