@@ -170,7 +170,7 @@ def train(argv: Sequence[str]) -> TrainingCLI:
         run=False,
         seed_everything_default=1234,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"exit_on_error": False},
+        parser_kwargs={"exit_on_error": False, "allow_abbrev": False},  # --trainer.max_epoch is a typo, not max_epochs
     )
     resume = cli.config.ckpt_path
     last = Path(run_folder(cli.config.checkpoint_dir, cli.config.run_name)) / "last.ckpt"

@@ -38,6 +38,7 @@ def train(tmp_path: Path, *args: str) -> tuple[str, ...]:
         (("--model.learnin_rate", "3"), "unknown config key 'model.learnin_rate' (did you mean 'model.learning_rate'?)"),
         (("--data.vocab_sise", "3"), "unknown config key 'data.vocab_sise' (did you mean 'data.vocab_size'?)"),
         (("--model.network.dropuot", "0.1"), "unknown config key 'model.network.dropuot' (did you mean 'model.network.dropout'?)"),
+        (("--trainer.max_epoch", "3"), "unknown config key 'trainer.max_epoch' (did you mean 'trainer.max_epochs'?)"),
         (("--zzz", "1"), "unknown config key 'zzz' (no similar key exists)"),
         (("--model.learning_rate", "abc"), "bad value for config key 'model.learning_rate': Expected a <class 'float'>. Got value: abc"),
         (("--trainer.max_epochs", "x"), "bad value for config key 'trainer.max_epochs'"),
