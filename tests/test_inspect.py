@@ -147,3 +147,20 @@ def test_plot_draws_the_training_curves(tiny_run, tmp_path):
 def test_plot_of_a_folder_without_logs_names_the_problem(tmp_path, capsys):
     assert main(["plot", str(tmp_path)]) == 1
     assert "has no logs/version_*/metrics.csv" in capsys.readouterr().err
+
+
+def test_a_100000_character_line_is_cut_with_a_warning_and_keeps_the_line_count(tiny_checkpoint, tmp_path):
+    import warnings
+
+    from seq2seq.translate import Translator
+
+    translator = Translator.from_checkpoint(tiny_checkpoint)
+    huge = ("I'm hungry. " * 10_000)[:100_000]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        translations = translator.translate_detailed(["Go.", huge, ""])
+    assert [bool(t.text) for t in translations] == [True, True, False]
+    assert len(translations[1].source_ids) == translator.net.config.max_source_length  # 127 pieces + eos
+    assert [str(w.message) for w in caught] == ["input line 2 is longer than 127 tokens: only its beginning is translated"]
+    output = translate(tiny_checkpoint, tmp_path, ["Go.", huge, "", "Go."])
+    assert len(output) == 4 and output[0] == output[3]
