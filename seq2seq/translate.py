@@ -29,6 +29,12 @@ def load_checkpoint(path: str | Path) -> dict:
     if not path.is_file():
         raise Seq2SeqError(f"checkpoint {path} does not exist: train a model first (make train) or pass CKPT=path")
     try:
+        is_archive = zipfile.is_zipfile(path)  # torch.save writes a zip archive
+    except OSError as error:
+        raise Seq2SeqError(f"cannot read checkpoint {path}: {error.strerror or error}") from None
+    if not is_archive:
+        raise Seq2SeqError(f"checkpoint {path} is truncated or corrupted (not the zip archive torch.save writes)")
+    try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise Seq2SeqError(
