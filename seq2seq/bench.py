@@ -23,6 +23,7 @@ import platform
 import resource
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -152,7 +153,13 @@ class ThroughputMeter(L.Callback):
 
 
 def measure_training(
-    template: TranslationModule, data: TranslationDataModule, precision: str, warmup: int, steps: int, device: str
+    template: TranslationModule,
+    data: TranslationDataModule,
+    precision: str,
+    warmup: int,
+    steps: int,
+    device: str,
+    gradient_clip_val: float | None,
 ) -> tuple[TrainingFigures, TranslationModule]:
     """Train a fresh copy of `template` (not yet built) for warmup + steps optimiser steps; time the last `steps`."""
     module = copy.deepcopy(template)
@@ -164,7 +171,7 @@ def measure_training(
         max_steps=warmup + steps,
         limit_val_batches=0,
         num_sanity_val_steps=0,
-        gradient_clip_val=1.0,
+        gradient_clip_val=gradient_clip_val,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -232,21 +239,27 @@ def run_bench(
     latency_sentences: int = 100,
     mirror: str | None = None,
     device: str | None = None,
+    overrides: Sequence[str] = (),
 ) -> BenchResults:
-    """Measure everything (see the module docstring), printing each figure as it comes."""
+    """Measure everything (see the module docstring), printing each figure as it comes.
+
+    `overrides` are extra `seq2seq train` arguments for the config (e.g. `--data.data_dir`).
+    """
     check_precisions(precisions)
     from seq2seq.evaluate import load_split
-    from seq2seq.train_cli import TrainingCLI
+    from seq2seq.train_cli import build_cli
 
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no per-run banners between the figures
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     results = BenchResults(machine(), {"fp32": matmul_gflops(torch.float32, device), "bf16": matmul_gflops(torch.bfloat16, device)})
     print(f"matmul peak: fp32 {results.matmul_gflops['fp32']:.0f} GFLOP/s, bf16 {results.matmul_gflops['bf16']:.0f} GFLOP/s")
 
-    args = ["--config", config, "--trainer.logger", "false", *(["--data.mirror", mirror] if mirror else [])]
-    cli = TrainingCLI(TranslationModule, TranslationDataModule, args=args, run=False)
+    args = ["--config", config, "--trainer.logger", "false", *(["--data.mirror", mirror] if mirror else []), *overrides]
+    cli = build_cli(args)
     for precision in precisions:
-        figures, module = measure_training(cli.model, cli.datamodule, precision, warmup, steps, device)
+        figures, module = measure_training(
+            cli.model, cli.datamodule, precision, warmup, steps, device, cli.config.trainer.gradient_clip_val
+        )
         results.training.append(figures)
         print(f"training {precision}: {figures.target_tokens_per_second:,.0f} target tokens/s, peak {figures.peak_memory_mb:,.0f} MB")
     batch = next(iter(cli.datamodule.train_dataloader()))
@@ -305,7 +318,7 @@ def markdown(results: BenchResults, config: str, checkpoint: str | None, command
                 f"| {t.search} | {t.precision} | {t.batch_size} | {t.sentences} | {t.sentences_per_second:,.0f} | "
                 f"{t.target_tokens_per_second:,.0f} | {t.bleu:.2f} | {results.latency_ms[f'{t.search} {t.precision}']:.1f} |"
             )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines)
 
 
 def save(results: BenchResults, output: Path, config: str, checkpoint: str | None, command: str) -> None:

@@ -121,7 +121,7 @@ class Report:
             lines.append(f"| {result.split} | {result.sentences} | {result.references_per_sentence} | {scores} | {speed:.0f} |")
         lines += ["", "sacreBLEU signatures:", ""]
         lines += [f"- {s.name}: `{s.signature}`" for s in self.results[0].scores]
-        lines += ["", "Translations: " + ", ".join(f"`{r.hypotheses_file}`" for r in self.results), ""]
+        lines += ["", "Translations: " + ", ".join(f"`{r.hypotheses_file}`" for r in self.results)]
         return "\n".join(lines)
 
     def save(self, stem: Path) -> None:

@@ -155,15 +155,15 @@ def run_folder(checkpoint_dir: str, run_name: str) -> str:
     return str(Path(checkpoint_dir) / run_name)
 
 
-def train(argv: Sequence[str]) -> TrainingCLI:
-    """Parse `argv` like the command line, then fit (resuming the run if it has a last.ckpt)."""
+def build_cli(argv: Sequence[str]) -> TrainingCLI:
+    """Parse `argv` like the command line into the model, data module and trainer, without fitting."""
     for noise in (
         ".*args parameter is intended to run from within Python",  # we pass argv on purpose
         ".*isinstance\\(treespec, LeafSpec\\)",  # Lightning's own deprecation, not ours
         "Checkpoint directory .* exists and is not empty",  # the run folder also holds the logs
     ):
         warnings.filterwarnings("ignore", message=noise)
-    cli = TrainingCLI(
+    return TrainingCLI(
         TranslationModule,
         TranslationDataModule,
         args=list(argv),
@@ -172,6 +172,11 @@ def train(argv: Sequence[str]) -> TrainingCLI:
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"exit_on_error": False, "allow_abbrev": False},  # --trainer.max_epoch is a typo, not max_epochs
     )
+
+
+def train(argv: Sequence[str]) -> TrainingCLI:
+    """Parse `argv` like the command line, then fit (resuming the run if it has a last.ckpt)."""
+    cli = build_cli(argv)
     resume = cli.config.ckpt_path
     last = Path(run_folder(cli.config.checkpoint_dir, cli.config.run_name)) / "last.ckpt"
     if resume is None and last.exists():

@@ -1,0 +1,41 @@
+"""The benchmark harness on the tiny model: every figure is measured, saved, and consistent."""
+
+import json
+
+from seq2seq.bench import run_bench, save
+from seq2seq.evaluate import load_split, score
+from seq2seq.translate import Translator
+from tests.conftest import TINY_CONFIG
+
+
+def test_bench_measures_training_and_translation_and_writes_both_reports(tiny_checkpoint, data_dir, mirror, tmp_path):
+    results = run_bench(
+        str(TINY_CONFIG),
+        str(tiny_checkpoint),
+        ["32-true"],
+        warmup=2,
+        steps=3,
+        sentences=40,
+        latency_sentences=3,
+        mirror=str(mirror),
+        device="cpu",
+        overrides=["--data.data_dir", str(data_dir), "--checkpoint_dir", str(tmp_path)],
+    )
+    assert results.matmul_gflops["fp32"] > 1 and results.matmul_gflops["bf16"] > 0
+    (training,) = results.training
+    assert training.steps == 3 and training.target_tokens_per_second > 0 and training.peak_memory_mb > 0
+    assert results.flops_per_target_token > 1e4  # a tiny model still costs tens of kFLOP per token
+    assert [(t.search, t.precision) for t in results.translation] == [
+        ("greedy", "fp32"), ("beam5", "fp32"), ("greedy", "int8"), ("beam5", "int8")
+    ]
+    assert set(results.latency_ms) == {"greedy fp32", "beam5 fp32", "greedy int8", "beam5 int8"}
+
+    translator = Translator.from_checkpoint(tiny_checkpoint, "cpu")
+    examples = next(iter(load_split(translator, None, str(mirror)).values()))[:40]
+    expected = score(translator.translate([e.source for e in examples]), [e.references for e in examples])[0].score
+    assert results.translation[0].bleu == expected  # the bench scores what translate produces
+
+    save(results, tmp_path / "BENCH", str(TINY_CONFIG), str(tiny_checkpoint), "seq2seq bench --config tiny")
+    assert json.loads((tmp_path / "BENCH.json").read_text())["training"][0]["steps"] == 3
+    markdown = (tmp_path / "BENCH.md").read_text()
+    assert "| 32-true |" in markdown and "| beam5 | int8 |" in markdown
