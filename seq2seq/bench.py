@@ -34,7 +34,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from seq2seq.atomic import write_lines
 from seq2seq.data import Batch, TranslationDataModule
 from seq2seq.errors import Seq2SeqError
+from seq2seq.evaluate import load_split, score
 from seq2seq.tokenizer import PAD_ID
+from seq2seq.train_cli import build_cli
 from seq2seq.training import TranslationModule
 from seq2seq.translate import SearchSettings, Translator
 
@@ -203,8 +205,6 @@ def flops_per_target_token(module: TranslationModule, batch: Batch) -> float:
 def measure_translation(
     translator: Translator, sources: list[str], references: list[tuple[str, ...]], batch_size: int
 ) -> TranslationFigures:
-    from seq2seq.evaluate import score
-
     translator.translate(sources[:batch_size], batch_size)  # warm-up: allocator, kernels
     synchronize(str(translator.device))
     start = time.perf_counter()
@@ -246,9 +246,6 @@ def run_bench(
     `overrides` are extra `seq2seq train` arguments for the config (e.g. `--data.data_dir`).
     """
     check_precisions(precisions)
-    from seq2seq.evaluate import load_split
-    from seq2seq.train_cli import build_cli
-
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no per-run banners between the figures
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     results = BenchResults(machine(), {"fp32": matmul_gflops(torch.float32, device), "bf16": matmul_gflops(torch.bfloat16, device)})
@@ -270,10 +267,11 @@ def run_bench(
         print(f"No checkpoint {checkpoint}: translation not measured (train one: make train CONFIG={config})")
         return results
     inference_precisions = ["fp32", "bf16"] if device.startswith("cuda") else ["fp32", "int8"]
+    split = None
     for precision in inference_precisions:
         for search in (SearchSettings(), SearchSettings(beam_size=beam_size)):
             translator = Translator.from_checkpoint(checkpoint, device, search, precision)
-            split = next(iter(load_split(translator, None, mirror).values()))[:sentences]
+            split = split or next(iter(load_split(translator, None, mirror).values()))[:sentences]  # read once
             figures = measure_translation(translator, [e.source for e in split], [e.references for e in split], batch_size)
             results.translation.append(figures)
             name = f"{figures.search} {precision}"

@@ -190,10 +190,8 @@ class Translator:
                 nbests[index] = nbest
             if progress:
                 progress(len(chunk))
-        return [
-            Translation(self.target_tokenizer.decode([h.tokens for h in nbest]), nbest, ids)
-            for nbest, ids in zip(nbests, source_ids)
-        ]
+        texts = iter(self.target_tokenizer.decode([h.tokens for nbest in nbests for h in nbest]))  # one call for all
+        return [Translation([next(texts) for _ in nbest], nbest, ids) for nbest, ids in zip(nbests, source_ids)]
 
     def _encode(self, lines: Sequence[str]) -> list[list[int]]:
         """Source ids + eos per line ([] for blank lines), cut to what the model can attend to.
