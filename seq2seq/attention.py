@@ -107,8 +107,67 @@ class Attn(nn.Module):
                 )
             return self.attn(torch.cat((queries, keys), dim=-1))[..., :positions]  # (B, T, S)
         if self.rule == "additive":
-            hidden = self.query_proj(queries).unsqueeze(2) + keys.unsqueeze(1)  # (B, T, S, A)
-            return self.energy(torch.tanh(hidden)).squeeze(-1)  # (B, T, S)
+            return additive_scores(self.query_proj(queries), keys, self.energy.weight[0])  # (B, T, S)
         if self.query_size != self.key_size:
             queries = self.query_proj(queries)
         return torch.bmm(queries, keys.transpose(1, 2)) / math.sqrt(self.key_size)  # (B, T, S)
+
+
+ROWS_PER_SLICE = 2  # batch rows per slice of the (B, T, S, A) tensor: about 2 MB, cache-sized
+
+
+class _AdditiveScores(torch.autograd.Function):
+    """scores[b, t, s] = v · tanh(q[b, t] + k[b, s]), one slice of batch rows at a time.
+
+    Written out, the (B, T, S, A) tanh tensor is the largest of a training step (10 M
+    values at 64 sentences of 20 tokens), and autograd passes it through main memory about
+    six times; the energy layer's backward is a product with an inner size of 1, which
+    matrix kernels handle badly. Here each slice stays in cache and backward recomputes
+    its tanh instead of storing it. Computed in fp32 (fp64 for fp64 inputs) whatever the autocast dtype.
+    """
+
+    @staticmethod
+    def forward(ctx, queries: Tensor, keys: Tensor, energy: Tensor) -> Tensor:
+        ctx.save_for_backward(queries, keys, energy)
+        dtype = compute_dtype(queries)
+        scores = queries.new_empty(queries.shape[:2] + keys.shape[1:2], dtype=dtype)  # (B, T, S)
+        with torch.autocast(queries.device.type, enabled=False):
+            v = energy.to(dtype)
+            for rows in batch_slices(queries.size(0)):
+                torch.matmul(hidden_tanh(queries[rows], keys[rows]), v, out=scores[rows])
+        return scores
+
+    @staticmethod
+    def backward(ctx, grad_scores: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        queries, keys, energy = ctx.saved_tensors
+        grad_queries, grad_keys = torch.empty_like(queries), torch.empty_like(keys)
+        grad_energy = torch.zeros_like(energy, dtype=compute_dtype(queries))
+        with torch.autocast(queries.device.type, enabled=False):
+            v = energy.to(grad_energy.dtype)
+            for rows in batch_slices(queries.size(0)):
+                tanh = hidden_tanh(queries[rows], keys[rows])  # (r, T, S, A)
+                grad = grad_scores[rows].to(v.dtype)  # (r, T, S)
+                grad_energy.addmv_(tanh.flatten(0, 2).t(), grad.flatten())
+                grad_hidden = tanh.square_().sub_(1).mul_(grad.unsqueeze(-1) * -v)  # d/d(q + k): (1 - tanh²) g v
+                grad_queries[rows] = grad_hidden.sum(2)
+                grad_keys[rows] = grad_hidden.sum(1)
+        return grad_queries, grad_keys, grad_energy.to(energy.dtype)
+
+
+def hidden_tanh(queries: Tensor, keys: Tensor) -> Tensor:
+    """tanh(q[b, t] + k[b, s]): (r, T, A) and (r, S, A) to (r, T, S, A), at least in fp32."""
+    dtype = compute_dtype(queries)
+    return torch.tanh(queries.to(dtype).unsqueeze(2) + keys.to(dtype).unsqueeze(1))
+
+
+def compute_dtype(tensor: Tensor) -> torch.dtype:
+    return torch.promote_types(tensor.dtype, torch.float32)
+
+
+def batch_slices(batch: int) -> list[slice]:
+    return [slice(start, start + ROWS_PER_SLICE) for start in range(0, batch, ROWS_PER_SLICE)]
+
+
+def additive_scores(queries: Tensor, keys: Tensor, energy: Tensor) -> Tensor:
+    """Bahdanau scores v · tanh(q_t + k_s): queries (B, T, A), keys (B, S, A), energy v (A,) to (B, T, S) fp32."""
+    return _AdditiveScores.apply(queries, keys, energy)

@@ -154,12 +154,20 @@ class Decoder(nn.Module):
 
     def forward(self, state: DecoderState, previous: Tensor) -> tuple[Tensor, Tensor, DecoderState]:
         """previous: (B, T) input ids. Returns logits (B, T, V), attention (B, T, S), new state."""
+        features, weights, state = self.features(state, previous)
+        return self.project(features), weights, state
+
+    def features(self, state: DecoderState, previous: Tensor) -> tuple[Tensor, Tensor, DecoderState]:
+        """Everything but the output layer: features (B, T, O), attention (B, T, S), new state."""
         embedded = self.dropout(self.embedding(previous))  # (B, T, E)
         outputs, hidden = self.rnn(embedded, state.hidden)  # (B, T, D)
         keys = embedded if self.attention.rule == "concat" else state.keys
         attended, weights = self.attention.attend(outputs, keys, state.memory, state.source_mask)  # (B, T, O)
-        logits = self.output(self.dropout(torch.tanh(attended)))  # (B, T, V)
-        return logits, weights, DecoderState(hidden, state.memory, state.keys, state.source_mask)
+        return attended, weights, DecoderState(hidden, state.memory, state.keys, state.source_mask)
+
+    def project(self, features: Tensor) -> Tensor:
+        """The output layer: features (..., O) to logits (..., V)."""
+        return self.output(self.dropout(torch.tanh(features)))
 
 
 class Seq2Seq(nn.Module):
@@ -182,15 +190,20 @@ class Seq2Seq(nn.Module):
         logits, weights, state = self.decoder(state, previous.unsqueeze(1))
         return logits.squeeze(1), weights.squeeze(1), state
 
-    def forward(self, source: Tensor, source_lengths: Tensor, target_in: Tensor, teacher_forcing: float = 1.0) -> Tensor:
-        """Logits (B, T, V) for target_in (B, T) = bos + target.
+    def forward(
+        self, source: Tensor, source_lengths: Tensor, target_in: Tensor, teacher_forcing: float = 1.0, positions: Tensor | None = None
+    ) -> Tensor:
+        """Logits (B, T, V) for target_in (B, T) = bos + target, or (N, V) at the N True `positions` (B, T).
 
+        Training asks only for the real (non-padding) positions: the output layer, the
+        widest matrix product of the network, then skips the padding.
         With teacher_forcing < 1, each step feeds the model's own previous prediction
         instead of the reference with probability 1 - teacher_forcing (per sentence).
         """
         state = self.encode(source, source_lengths)
         if teacher_forcing >= 1.0:
-            return self.decoder(state, target_in)[0]
+            features = self.decoder.features(state, target_in)[0]  # (B, T, O)
+            return self.decoder.project(features if positions is None else features[positions])
         steps = []
         previous = target_in[:, 0]  # (B,)
         for t in range(target_in.size(1)):
@@ -199,4 +212,5 @@ class Seq2Seq(nn.Module):
             if t + 1 < target_in.size(1):
                 use_reference = torch.rand(previous.shape, device=previous.device) < teacher_forcing
                 previous = torch.where(use_reference, target_in[:, t + 1], logits.argmax(-1))
-        return torch.stack(steps, dim=1)  # (B, T, V)
+        logits = torch.stack(steps, dim=1)  # (B, T, V)
+        return logits if positions is None else logits[positions]

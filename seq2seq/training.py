@@ -15,9 +15,9 @@ from dataclasses import asdict
 import lightning as L
 import sacrebleu
 import torch
-import torch.nn.functional as F
 
 from seq2seq.data import Batch, TranslationDataModule
+from seq2seq.loss import smoothed_cross_entropy
 from seq2seq.model import ModelConfig, Seq2Seq
 from seq2seq.search import greedy_search
 from seq2seq.tokenizer import PAD_ID
@@ -77,7 +77,8 @@ class TranslationModule(L.LightningModule):
             )
 
     def configure_optimizers(self):
-        optimizer = torch.optim.Adam(self.net.parameters(), lr=self.learning_rate)
+        # The fused kernel: one pass over all parameters instead of a dozen ops per tensor.
+        optimizer = torch.optim.Adam(self.net.parameters(), lr=self.learning_rate, fused=self.device.type in ("cpu", "cuda"))
         warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(1, self.warmup_steps)))
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="max", factor=self.lr_decay, patience=self.lr_patience
@@ -90,13 +91,9 @@ class TranslationModule(L.LightningModule):
     # ------------------------------------------------------------------ steps
 
     def loss(self, batch: Batch, teacher_forcing: float = 1.0) -> torch.Tensor:
-        logits = self.net(batch.source, batch.source_lengths, batch.target_in, teacher_forcing)  # (B, T, V)
-        return F.cross_entropy(
-            logits.flatten(0, 1).float(),
-            batch.target_out.flatten(),
-            ignore_index=PAD_ID,
-            label_smoothing=self.label_smoothing,
-        )
+        real = batch.target_out != PAD_ID  # (B, T)
+        logits = self.net(batch.source, batch.source_lengths, batch.target_in, teacher_forcing, positions=real)  # (N, V)
+        return smoothed_cross_entropy(logits, batch.target_out[real], self.label_smoothing)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch, self.teacher_forcing)

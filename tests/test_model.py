@@ -62,6 +62,19 @@ def test_scheduled_sampling_feeds_predictions():
     assert not torch.allclose(sampled[:, 1:], forced[:, 1:])
 
 
+@pytest.mark.parametrize("teacher_forcing", [1.0, 0.0])
+def test_logits_at_chosen_positions_are_those_of_the_whole_batch(teacher_forcing):
+    net = network()
+    source, lengths = padded(SENTENCES)
+    target_in = torch.randint(4, VOCAB, (3, 6))
+    positions = torch.rand(3, 6) < 0.5
+    torch.manual_seed(1)
+    whole = net(source, lengths, target_in, teacher_forcing)
+    torch.manual_seed(1)
+    chosen = net(source, lengths, target_in, teacher_forcing, positions=positions)
+    torch.testing.assert_close(chosen, whole[positions])
+
+
 @pytest.mark.parametrize("rule", ["additive", "dot", "concat"])
 def test_sentence_alone_and_in_padded_batch_give_the_same_output(rule):
     net = network(attention=rule)
