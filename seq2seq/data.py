@@ -66,14 +66,32 @@ class TokenBatchSampler(Sampler[list[int]]):
     (little padding, still random), then shuffles the batch order. Deterministic for a
     given seed and epoch, so a resumed run sees the same batches; `resume_at` makes the
     next pass over an epoch skip the batches a killed run had already trained on.
+
+    Distributed (`num_replicas` processes): every process cuts the same batches, then
+    `share` gives process `rank` every `num_replicas`-th one, so the shares are disjoint,
+    cover the data and hold equally many batches (DDP hangs otherwise). Lightning cannot
+    inject its DistributedSampler into a batch sampler, hence the sharding here.
     """
 
-    def __init__(self, lengths: Sequence[int], max_tokens: int, shuffle: bool, seed: int = 0, pool_batches: int = 100) -> None:
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        max_tokens: int,
+        shuffle: bool,
+        seed: int = 0,
+        pool_batches: int = 100,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not one of the {num_replicas} replicas")
         self.lengths = torch.tensor(lengths)
         self.max_tokens = max_tokens
         self.shuffle = shuffle
         self.seed = seed
         self.pool_batches = pool_batches
+        self.num_replicas = num_replicas
+        self.rank = rank
         self.epoch = 0
         self._cached: tuple[int, list[list[int]]] | None = None  # (epoch, batches)
         self._resume: tuple[int, int] | None = None  # (epoch, batches already done)
@@ -97,9 +115,9 @@ class TokenBatchSampler(Sampler[list[int]]):
         return self._resume[1]
 
     def batches(self) -> list[list[int]]:
-        """This epoch's batches, computed once (Lightning asks for the length and then iterates)."""
+        """This process's batches of this epoch, computed once (Lightning asks for the length and then iterates)."""
         if self._cached is None or self._cached[0] != self.epoch:
-            self._cached = (self.epoch, self._make_batches())
+            self._cached = (self.epoch, share(self._make_batches(), self.num_replicas)[self.rank :: self.num_replicas])
         return self._cached[1]
 
     def _make_batches(self) -> list[list[int]]:
@@ -137,6 +155,25 @@ class TokenBatchSampler(Sampler[list[int]]):
         return len(self.batches())
 
 
+def share(batches: list[list[int]], parts: int) -> list[list[int]]:
+    """`batches` made a multiple of `parts` long, so each of `parts` processes gets as many.
+
+    The batch with the most sentences is halved until the count divides evenly: every
+    sentence stays in exactly one batch. Only if too few batches hold two sentences (a
+    `max_tokens` near the longest sentence) are the first batches repeated, as torch's
+    DistributedSampler pads; validation drops such repeats by sentence index.
+    """
+    batches = list(batches)
+    while len(batches) % parts:
+        largest = max(range(len(batches)), key=lambda i: len(batches[i]))
+        whole = batches[largest]
+        if len(whole) < 2:
+            missing = parts - len(batches) % parts
+            return batches + (batches * parts)[:missing]
+        batches[largest : largest + 1] = [whole[: len(whole) // 2], whole[len(whole) // 2 :]]
+    return batches
+
+
 class ResumableDataLoader(DataLoader):
     """A DataLoader over a `TokenBatchSampler` that can stop and resume mid-epoch.
 
@@ -144,6 +181,8 @@ class ResumableDataLoader(DataLoader):
     the checkpoint records the epoch and how many batches of it reached the training
     loop (counted here, in the main process, so worker prefetching does not skew it), and
     a resumed run skips exactly those. `len()` stays the whole epoch, as Lightning expects.
+    Under DDP every process delivers as many batches, so rank 0's count, the one saved,
+    holds for each process's own share.
     """
 
     batch_sampler: TokenBatchSampler
@@ -309,8 +348,10 @@ class TranslationDataModule(L.LightningDataModule):
         return self.encode([(e.source, e.references[0]) for e in self.splits[split]])
 
     def _loader(self, pairs: list[EncodedPair], shuffle: bool) -> DataLoader:
+        """Token batches of `pairs`; under DDP, this process's share of them (see `TokenBatchSampler`)."""
         lengths = [max(len(p.source), len(p.target) + 1) for p in pairs]
-        sampler = TokenBatchSampler(lengths, self.max_tokens, shuffle=shuffle, seed=self.seed)
+        processes, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        sampler = TokenBatchSampler(lengths, self.max_tokens, shuffle, self.seed, num_replicas=processes, rank=rank)
         loader = ResumableDataLoader if shuffle else DataLoader  # validation always runs whole
         # its own generator: starting a pass draws a worker seed, which must not move the
         # global RNG (dropout), or a resumed run would drift from an uninterrupted one

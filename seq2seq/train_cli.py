@@ -9,6 +9,8 @@ and resuming from the run's last.ckpt when one exists. Checkpoints are written t
 temporary file and renamed (`AtomicCheckpointIO`), last.ckpt also every N steps and when
 `max_time` stops mid-epoch (`LastCheckpoint`), so a kill loses little and never a file.
 A config mistake is one `Seq2SeqError` line naming the key and the closest valid one.
+Several processes (`--trainer.devices 2`, `--trainer.num_nodes N`) train with DDP: the
+data module shares the batches among them itself, so Lightning's sampler is switched off.
 """
 
 from __future__ import annotations
@@ -67,6 +69,8 @@ class TrainingCLI(LightningCLI):
                 "checkpoint.enable_version_counter": False,
             }
         )
+        # TokenBatchSampler shards itself; Lightning could not inject a DistributedSampler into it
+        parser.set_defaults({"trainer.use_distributed_sampler": False})
         parser.add_lightning_class_args(EarlyStopping, "early_stopping")
         parser.set_defaults({"early_stopping.monitor": "val_bleu", "early_stopping.mode": "max", "early_stopping.patience": 5})
         parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")  # after "checkpoint": sees the new best
@@ -86,6 +90,11 @@ class TrainingCLI(LightningCLI):
             raise Seq2SeqError(
                 "checkpoint.save_last: last.ckpt is written by last_checkpoint (also mid-epoch and every "
                 "last_checkpoint.every_n_train_steps steps); Lightning's own would overwrite it: remove the key"
+            )
+        if config.trainer.use_distributed_sampler:
+            raise Seq2SeqError(
+                "trainer.use_distributed_sampler: the data module already gives each process its own share "
+                "of the token batches, and Lightning's sampler cannot wrap them: remove the key"
             )
         folder = run_folder(config.checkpoint_dir, config.run_name)
         config.trainer.default_root_dir = folder
@@ -186,6 +195,6 @@ def train(argv: Sequence[str]) -> TrainingCLI:
         load_checkpoint(resume)  # a clear error for a missing, truncated or foreign file
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=resume)
     best: ModelCheckpoint = cli.config_init.checkpoint
-    if best.best_model_path:
+    if best.best_model_path and cli.trainer.is_global_zero:
         print(f"Best checkpoint: {best.best_model_path} ({best.monitor} {float(best.best_model_score):.2f})")
     return cli
