@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import asdict
+from typing import TypeVar
 
 import lightning as L
 import sacrebleu
@@ -23,6 +24,7 @@ from seq2seq.search import greedy_search
 from seq2seq.tokenizer import PAD_ID
 
 CHECKPOINT_FORMAT = 1
+T = TypeVar("T")
 
 
 class TranslationModule(L.LightningModule):
@@ -118,17 +120,23 @@ class TranslationModule(L.LightningModule):
         self._last_batch_end = None
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self.log("val_loss", self.loss(batch), prog_bar=True, batch_size=batch.source.size(0))
+        # sync_dist: under DDP, the sentence-weighted mean over every process's batches
+        self.log("val_loss", self.loss(batch), prog_bar=True, batch_size=batch.source.size(0), sync_dist=True)
         hypotheses = greedy_search(self.net, batch.source, batch.source_lengths, self.max_length_ratio)
         for index, hypothesis in zip(batch.index.tolist(), hypotheses):
             self._hypotheses[index] = hypothesis.tokens
 
     def on_validation_epoch_end(self) -> None:
-        examples = self.data.splits[self.data.corpus.valid_split]
-        indices = sorted(self._hypotheses)
-        texts = self.data.target_tokenizer.decode([self._hypotheses[i] for i in indices])
+        """BLEU over the union of every process's hypotheses: each sentence once, on every process."""
+        hypotheses = {index: tokens for part in gather_objects(self._hypotheses) for index, tokens in part.items()}
         self._hypotheses = {}
-        self.log("val_bleu", corpus_bleu(texts, [examples[i].references for i in indices]).score, prog_bar=True)
+        examples = self.data.splits[self.data.corpus.valid_split]
+        indices = sorted(hypotheses)
+        texts = self.data.target_tokenizer.decode([hypotheses[i] for i in indices])
+        bleu = corpus_bleu(texts, [examples[i].references for i in indices]).score
+        # the same on every process already; sync_dist only averages equal values (and tells Lightning so)
+        self.log("val_bleu", bleu, prog_bar=True, sync_dist=True)
+        self.log("val_sentences", float(len(indices)), sync_dist=True)
 
     # ------------------------------------------------------------------ checkpoint
 
@@ -136,6 +144,9 @@ class TranslationModule(L.LightningModule):
         """Refuse to save broken weights; store what translation needs and the RNG states."""
         assert_finite(checkpoint["state_dict"], self.global_step)
         checkpoint["rng"] = rng_states()
+        per_process = gather_objects(checkpoint["rng"])  # under DDP each process draws its own dropout
+        if len(per_process) > 1:
+            checkpoint["rng_per_process"] = per_process
         checkpoint["seq2seq"] = {
             "format_version": CHECKPOINT_FORMAT,
             "network": asdict(self.network_config),
@@ -147,8 +158,20 @@ class TranslationModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """A resumed run continues the random streams (dropout, teacher forcing) of the saved one."""
-        if "rng" in checkpoint:
+        per_process = checkpoint.get("rng_per_process", [])
+        if self.global_rank < len(per_process):
+            set_rng_states(per_process[self.global_rank])
+        elif "rng" in checkpoint:
             set_rng_states(checkpoint["rng"])
+
+
+def gather_objects(value: T) -> list[T]:
+    """`value` from every process, in rank order (a list of one outside DDP)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [value]
+    values: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(values, value)
+    return values
 
 
 def assert_finite(state_dict: dict[str, torch.Tensor], step: int) -> None:
