@@ -4,6 +4,8 @@ VENV    ?= .venv
 TORCH   ?= torch==2.13.0
 CONFIG  ?= configs/tatoeba-en-fr.yaml
 ARGS    ?=
+# Training processes on this machine (DEVICES=2: DDP, gloo on CPU, nccl on GPUs); default: Lightning's.
+DEVICES ?=
 # The newest best.ckpt under checkpoints/, unless CKPT=path is given.
 CKPT    ?= $(shell ls -t checkpoints/*/best.ckpt 2>/dev/null | head -n 1)
 BIN      = $(VENV)/bin
@@ -20,7 +22,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 train: setup
-	$(BIN)/seq2seq train --config $(CONFIG) $(ARGS)
+	$(BIN)/seq2seq train --config $(CONFIG) \
+		$(if $(DEVICES),--trainer.devices $(DEVICES)) $(if $(filter-out 1,$(DEVICES)),--trainer.strategy ddp) $(ARGS)
 
 translate: setup
 	@test -n "$(CKPT)" || { echo "No checkpoint found: run 'make train' first or pass CKPT=path" >&2; exit 1; }
