@@ -113,7 +113,7 @@ class Attn(nn.Module):
         return torch.bmm(queries, keys.transpose(1, 2)) / math.sqrt(self.key_size)  # (B, T, S)
 
 
-ROWS_PER_SLICE = 2  # batch rows per slice of the (B, T, S, A) tensor: about 2 MB, cache-sized
+VALUES_PER_SLICE = 2**19  # of the (B, T, S, A) tensor: 2 MB in fp32, cache-sized
 
 
 class _AdditiveScores(torch.autograd.Function):
@@ -133,7 +133,7 @@ class _AdditiveScores(torch.autograd.Function):
         scores = queries.new_empty(queries.shape[:2] + keys.shape[1:2], dtype=dtype)  # (B, T, S)
         with torch.autocast(queries.device.type, enabled=False):
             v = energy.to(dtype)
-            for rows in batch_slices(queries.size(0)):
+            for rows in batch_slices(queries, keys):
                 torch.matmul(hidden_tanh(queries[rows], keys[rows]), v, out=scores[rows])
         return scores
 
@@ -144,7 +144,7 @@ class _AdditiveScores(torch.autograd.Function):
         grad_energy = torch.zeros_like(energy, dtype=compute_dtype(queries))
         with torch.autocast(queries.device.type, enabled=False):
             v = energy.to(grad_energy.dtype)
-            for rows in batch_slices(queries.size(0)):
+            for rows in batch_slices(queries, keys):
                 tanh = hidden_tanh(queries[rows], keys[rows])  # (r, T, S, A)
                 grad = grad_scores[rows].to(v.dtype)  # (r, T, S)
                 grad_energy.addmv_(tanh.flatten(0, 2).t(), grad.flatten())
@@ -164,8 +164,11 @@ def compute_dtype(tensor: Tensor) -> torch.dtype:
     return torch.promote_types(tensor.dtype, torch.float32)
 
 
-def batch_slices(batch: int) -> list[slice]:
-    return [slice(start, start + ROWS_PER_SLICE) for start in range(0, batch, ROWS_PER_SLICE)]
+def batch_slices(queries: Tensor, keys: Tensor) -> list[slice]:
+    """Batch rows cut so each slice's (r, T, S, A) tanh holds about `VALUES_PER_SLICE` values."""
+    (batch, steps, size), positions = queries.shape, keys.size(1)
+    rows = max(1, VALUES_PER_SLICE // max(1, steps * positions * size))
+    return [slice(start, start + rows) for start in range(0, batch, rows)]
 
 
 def additive_scores(queries: Tensor, keys: Tensor, energy: Tensor) -> Tensor:

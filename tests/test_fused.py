@@ -10,9 +10,9 @@ from seq2seq.attention import additive_scores
 from seq2seq.loss import smoothed_cross_entropy
 
 
-@pytest.mark.parametrize("rows_per_slice", [1, 2, 64])
-def test_additive_scores_pass_gradcheck(monkeypatch, rows_per_slice):
-    monkeypatch.setattr(seq2seq.attention, "ROWS_PER_SLICE", rows_per_slice)
+@pytest.mark.parametrize("values_per_slice", [1, 2 * 4 * 5 * 6, 2**19])  # 1 row, 2 rows, all rows a slice
+def test_additive_scores_pass_gradcheck(monkeypatch, values_per_slice):
+    monkeypatch.setattr(seq2seq.attention, "VALUES_PER_SLICE", values_per_slice)
     torch.manual_seed(0)
     queries = torch.randn(3, 4, 6, dtype=torch.float64, requires_grad=True)
     keys = torch.randn(3, 5, 6, dtype=torch.float64, requires_grad=True)
