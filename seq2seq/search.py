@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID
@@ -66,7 +65,9 @@ def greedy_search(
     previous = torch.full((batch,), BOS_ID, dtype=torch.long, device=device)
     for t in range(steps):
         logits, weights, state = model.decode_step(state, previous)  # (A, V), (A, S)
-        best_scores, best = F.log_softmax(logits.float(), dim=-1).max(dim=-1)  # (A,)
+        logits = logits.float()
+        best_logits, best = logits.max(dim=-1)  # (A,)
+        best_scores = best_logits - torch.logsumexp(logits, dim=-1)  # log-softmax of the best only
         tokens[active, t] = best
         attention[active, t] = weights.float()
         scores[active] += best_scores
@@ -129,35 +130,35 @@ def beam_search(
     attention = torch.empty(batch * k, 0, source_len, device=device)  # (A*K, t, S)
     previous = torch.full((batch * k,), BOS_ID, dtype=torch.long, device=device)
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
+    finished_count = torch.zeros(batch, dtype=torch.long, device=device)  # (B,)
 
     for t in range(int(caps.max())):
         logits, weights, state = model.decode_step(state, previous)  # (A*K, V), (A*K, S)
-        log_probs = F.log_softmax(logits.float(), dim=-1)
-        sentences, vocab = active.numel(), log_probs.size(-1)
-        candidates = (scores.view(-1, 1) + log_probs).view(sentences, k * vocab)  # (A, K*V)
-        top_scores, top_index = candidates.topk(2 * k, dim=-1)  # (A, 2K)
-        rows = torch.div(top_index, vocab, rounding_mode="floor") + (torch.arange(sentences, device=device) * k).unsqueeze(1)
-        tokens = top_index % vocab  # (A, 2K)
+        top_scores, rows, tokens = best_extensions(logits, scores, 2 * k)  # (A, 2K) each
         is_eos = tokens == EOS_ID
         at_cap = t + 1 >= caps[active]  # (A,)
         in_beam = torch.arange(2 * k, device=device) < k  # (2K,)
         final = in_beam & (is_eos | at_cap.unsqueeze(1))  # (A, 2K)
-        for a, j in final.nonzero().tolist():
-            row, sentence = int(rows[a, j]), int(active[a])
-            steps = torch.cat((history[row], tokens[a, j : j + 1]))
-            rows_attention = torch.cat((attention[row], weights[row : row + 1].float()))
-            log_probability = float(top_scores[a, j])
-            score = log_probability / length_penalty(t + 1, alpha)
-            finished[sentence].append(_hypothesis(steps, rows_attention[:, : source_lengths[sentence]], log_probability, score))
+        if final.any():
+            a, j = final.nonzero(as_tuple=True)  # one pair per finished hypothesis
+            final_rows, sentences = rows[a, j], active[a]
+            steps = torch.cat((history[final_rows], tokens[a, j].unsqueeze(1)), dim=1)  # (F, t+1)
+            steps_attention = torch.cat((attention[final_rows], weights[final_rows].float().unsqueeze(1)), dim=1)
+            penalty = length_penalty(t + 1, alpha)
+            for f, (sentence, log_probability) in enumerate(zip(sentences.tolist(), top_scores[a, j].tolist())):
+                source_length = int(source_lengths[sentence])
+                hypothesis = _hypothesis(steps[f], steps_attention[f, :, :source_length], log_probability, log_probability / penalty)
+                finished[sentence].append(hypothesis)
+            finished_count.index_add_(0, sentences, torch.ones_like(sentences))
 
         next_scores, pick = top_scores.masked_fill(is_eos, float("-inf")).topk(k, dim=-1)  # (A, K)
         next_rows = rows.gather(1, pick).flatten()  # (A*K,)
         previous = tokens.gather(1, pick).flatten()  # (A*K,)
         history = torch.cat((history[next_rows], previous.unsqueeze(1)), dim=1)
         attention = torch.cat((attention[next_rows], weights[next_rows].float().unsqueeze(1)), dim=1)
-        state, scores = state.reorder(next_rows), next_scores
+        state, scores = state.select_beams(next_rows), next_scores
 
-        done = at_cap | torch.tensor([len(finished[int(s)]) >= k for s in active], device=device)  # (A,)
+        done = at_cap | (finished_count[active] >= k)  # (A,)
         if done.any():
             keep = (~done).nonzero().squeeze(1)
             if keep.numel() == 0:
@@ -167,3 +168,22 @@ def beam_search(
             state, previous = state.reorder(keep_rows), previous[keep_rows]
             history, attention = history[keep_rows], attention[keep_rows]
     return [sorted(hypotheses, key=lambda h: -h.score)[:nbest] for hypotheses in finished]
+
+
+def best_extensions(logits: Tensor, scores: Tensor, count: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The `count` best one-token extensions of each sentence's beams.
+
+    logits: (A*K, V) for the K beams of A sentences; scores: (A, K) their log-probabilities.
+    Returns the extended scores, the beam rows (into A*K) they extend and their tokens,
+    each (A, count), best first. Only a beam's own `count` best tokens can be among its
+    sentence's best `count`, so the (A, K*V) sum of every score is never built: log-softmax
+    is reduced to one log-sum-exp per beam.
+    """
+    sentences, k = scores.shape
+    logits = logits.float()
+    row_top, row_tokens = logits.topk(count, dim=-1)  # (A*K, count)
+    row_scores = scores.view(-1, 1) + row_top - torch.logsumexp(logits, dim=-1, keepdim=True)  # (A*K, count)
+    top_scores, flat = row_scores.view(sentences, k * count).topk(count, dim=-1)  # (A, count)
+    rows = torch.div(flat, count, rounding_mode="floor") + (torch.arange(sentences, device=scores.device) * k).unsqueeze(1)
+    tokens = row_tokens.view(sentences, k * count).gather(1, flat)
+    return top_scores, rows, tokens

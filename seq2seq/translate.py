@@ -60,12 +60,19 @@ PRECISIONS = ("fp32", "bf16", "int8")
 def quantize_int8(net: Seq2Seq) -> torch.nn.Module:
     """int8 weights for the linear and GRU layers, activations quantized on the fly (CPU).
 
+    The additive attention's energy layer stays as it is: its weight is a vector that
+    the fused score reads directly (see `attention.additive_scores`), never a layer call.
     PyTorch marks this eager-mode API deprecated in favour of torchao, which has no GRU
     support yet; it works in the pinned torch, so its notices are silenced here.
     """
+    layers = {
+        name
+        for name, module in net.named_modules()
+        if isinstance(module, (torch.nn.Linear, torch.nn.GRU)) and not name.endswith("attention.energy")
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(net, {torch.nn.Linear, torch.nn.GRU}, dtype=torch.qint8)
+        return torch.ao.quantization.quantize_dynamic(net, layers, dtype=torch.qint8)
 
 
 @dataclass(frozen=True)
