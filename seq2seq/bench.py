@@ -319,9 +319,18 @@ def markdown(results: BenchResults, config: str, checkpoint: str | None, command
     return "\n".join(lines)
 
 
+LATEST_RUN_MARKER = "<!-- make bench rewrites everything below this line; write above it -->"
+
+
 def save(results: BenchResults, output: Path, config: str, checkpoint: str | None, command: str) -> None:
-    """`<output>.md` (a summary to read) and `<output>.json` (every figure)."""
-    write_lines(output.with_suffix(".md"), [markdown(results, config, checkpoint, command)])
+    """`<output>.md` (a summary to read) and `<output>.json` (every figure).
+
+    The markdown keeps whatever precedes `LATEST_RUN_MARKER` (the curated history of
+    figures, before and after each change) and replaces what follows with this run.
+    """
+    summary = output.with_suffix(".md")
+    kept = summary.read_text().split(LATEST_RUN_MARKER)[0] if summary.is_file() else ""
+    write_lines(summary, [kept + LATEST_RUN_MARKER, "", markdown(results, config, checkpoint, command)])
     write_lines(output.with_suffix(".json"), [json.dumps(asdict(results), indent=2)])
 
 

@@ -2,7 +2,7 @@
 
 import json
 
-from seq2seq.bench import run_bench, save
+from seq2seq.bench import LATEST_RUN_MARKER, run_bench, save
 from seq2seq.evaluate import load_split, score
 from seq2seq.translate import Translator
 from tests.conftest import TINY_CONFIG
@@ -39,3 +39,10 @@ def test_bench_measures_training_and_translation_and_writes_both_reports(tiny_ch
     assert json.loads((tmp_path / "BENCH.json").read_text())["training"][0]["steps"] == 3
     markdown = (tmp_path / "BENCH.md").read_text()
     assert "| 32-true |" in markdown and "| beam5 | int8 |" in markdown
+
+    history = "# Benchmarks\n\nHand-written history, kept by every run.\n\n"
+    (tmp_path / "BENCH.md").write_text(history + LATEST_RUN_MARKER + "\n\nan older run's figures\n")
+    save(results, tmp_path / "BENCH", str(TINY_CONFIG), str(tiny_checkpoint), "seq2seq bench --config tiny")
+    rewritten = (tmp_path / "BENCH.md").read_text()
+    assert rewritten.startswith(history + LATEST_RUN_MARKER) and "an older run" not in rewritten
+    assert rewritten.count(LATEST_RUN_MARKER) == 1 and "| beam5 | int8 |" in rewritten
