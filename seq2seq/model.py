@@ -1,7 +1,7 @@
 """The network: a bidirectional GRU encoder and a GRU decoder that attends with `Attn`.
 
 A plain `nn.Module` (no Lightning here). Search talks to it only through `encode` and
-`decode_step`, with a `DecoderState` that can be reordered when beams are selected.
+`decode_step`, with a `DecoderState` whose rows follow the sentences and beams it keeps.
 
 Shapes: B batch, S source length, T target length, E embedding size, H encoder hidden
 size per direction, D decoder hidden size, O attention output size, V vocabulary size.
@@ -62,34 +62,43 @@ class ModelConfig:
 class DecoderState:
     """What the decoder carries between steps, batch-first except `hidden`.
 
+    Beam search decodes `beams` hypotheses per sentence: the decoder rows are then the
+    sentences' beams side by side (B * beams of them), while the encoder states stay one
+    per sentence and every beam attends to its own sentence's (no copies).
+
     Attributes:
-        hidden: (L, B, D) decoder GRU state.
+        hidden: (L, B * beams, D) decoder GRU state.
         memory: (B, S, 2H) encoder states: the attention values.
         keys: (B, S, *) attention keys, projected once per batch.
         source_mask: (B, S) True on real source positions.
+        beams: decoder rows per sentence.
     """
 
     hidden: Tensor
     memory: Tensor
     keys: Tensor
     source_mask: Tensor
+    beams: int = 1
 
-    def reorder(self, indices: Tensor) -> DecoderState:
-        """Select (and repeat) batch rows: drop finished sentences, or copy one per beam."""
+    def with_beams(self, beams: int) -> DecoderState:
+        """`beams` copies of each sentence's decoder state (the encoder states are shared)."""
+        hidden = self.hidden.repeat_interleave(beams // self.beams, dim=1)
+        return DecoderState(hidden, self.memory, self.keys, self.source_mask, beams)
+
+    def select_sentences(self, indices: Tensor) -> DecoderState:
+        """Keep (or repeat) the sentences `indices`, all their beams: how finished sentences leave."""
+        rows = (indices.unsqueeze(1) * self.beams + torch.arange(self.beams, device=indices.device)).flatten()
         return DecoderState(
-            self.hidden.index_select(1, indices),
+            self.hidden.index_select(1, rows),
             self.memory.index_select(0, indices),
             self.keys.index_select(0, indices),
             self.source_mask.index_select(0, indices),
+            self.beams,
         )
 
-    def select_beams(self, indices: Tensor) -> DecoderState:
-        """Follow the beams beam search chose, each `indices` row within its own sentence.
-
-        The beams of a sentence share its encoder states, so only `hidden` moves: copying
-        memory and keys at every step took half of beam search's time.
-        """
-        return DecoderState(self.hidden.index_select(1, indices), self.memory, self.keys, self.source_mask)
+    def select_beams(self, rows: Tensor) -> DecoderState:
+        """Follow the beams beam search chose: `rows` (B * beams), each within its own sentence."""
+        return DecoderState(self.hidden.index_select(1, rows), self.memory, self.keys, self.source_mask, self.beams)
 
 
 class Encoder(nn.Module):
@@ -167,11 +176,14 @@ class Decoder(nn.Module):
 
     def features(self, state: DecoderState, previous: Tensor) -> tuple[Tensor, Tensor, DecoderState]:
         """Everything but the output layer: features (B, T, O), attention (B, T, S), new state."""
-        embedded = self.dropout(self.embedding(previous))  # (B, T, E)
-        outputs, hidden = self.rnn(embedded, state.hidden)  # (B, T, D)
-        keys = embedded if self.attention.rule == "concat" else state.keys
-        attended, weights = self.attention.attend(outputs, keys, state.memory, state.source_mask)  # (B, T, O)
-        return attended, weights, DecoderState(hidden, state.memory, state.keys, state.source_mask)
+        rows, steps = previous.shape  # rows = B * beams
+        embedded = self.dropout(self.embedding(previous))  # (B * beams, T, E)
+        outputs, hidden = self.rnn(embedded, state.hidden)  # (B * beams, T, D)
+        per_sentence = state.memory.size(0), state.beams * steps  # a sentence's beams query its memory together
+        keys = embedded.reshape(*per_sentence, -1) if self.attention.rule == "concat" else state.keys
+        attended, weights = self.attention.attend(outputs.reshape(*per_sentence, -1), keys, state.memory, state.source_mask)
+        state = DecoderState(hidden, state.memory, state.keys, state.source_mask, state.beams)
+        return attended.view(rows, steps, -1), weights.view(rows, steps, -1), state  # (B * beams, T, O), (B * beams, T, S)
 
     def project(self, features: Tensor) -> Tensor:
         """The output layer: features (..., O) to logits (..., V)."""

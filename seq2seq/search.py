@@ -1,7 +1,7 @@
 """Decoding as plain functions over the model's `encode` / `decode_step` interface.
 
 No Lightning and no model internals: any module with those two methods and a
-`DecoderState.reorder` can be searched.
+`DecoderState` (`with_beams`, `select_sentences`, `select_beams`) can be searched.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def greedy_search(
             keep = running.nonzero().squeeze(1)
             if keep.numel() == 0:
                 break
-            active, best, state = active[keep], best[keep], state.reorder(keep)
+            active, best, state = active[keep], best[keep], state.select_sentences(keep)
         previous = best
     return [
         _hypothesis(tokens[i, : lengths[i]], attention[i, : lengths[i], : source_lengths[i]], float(scores[i]))
@@ -122,7 +122,7 @@ def beam_search(
     k = beam_size
     caps = output_caps(source_lengths, max_length_ratio, min_length).to(device)  # (B,)
     beams = torch.arange(k, device=device)
-    state = model.encode(source, source_lengths).reorder(torch.arange(batch, device=device).repeat_interleave(k))
+    state = model.encode(source, source_lengths).with_beams(k)
     active = torch.arange(batch, device=device)  # sentences still searching: A of them
     scores = torch.full((batch, k), float("-inf"), device=device)  # (A, K)
     scores[:, 0] = 0.0  # all beams start identical: expand only the first
@@ -165,7 +165,7 @@ def beam_search(
                 break
             keep_rows = (keep.unsqueeze(1) * k + beams).flatten()
             active, scores = active[keep], scores[keep]
-            state, previous = state.reorder(keep_rows), previous[keep_rows]
+            state, previous = state.select_sentences(keep), previous[keep_rows]
             history, attention = history[keep_rows], attention[keep_rows]
     return [sorted(hypotheses, key=lambda h: -h.score)[:nbest] for hypotheses in finished]
 

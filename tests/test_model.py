@@ -100,14 +100,34 @@ def test_greedy_output_is_capped_by_source_length():
         assert len(hypothesis.tokens) <= int(length)
 
 
-def test_state_reorder_selects_batch_rows():
+def test_state_select_sentences_selects_batch_rows():
     net = network()
     source, lengths = padded(SENTENCES)
     state = net.encode(source, lengths)
-    reordered = state.reorder(torch.tensor([2, 2, 0]))
+    reordered = state.select_sentences(torch.tensor([2, 2, 0]))
     torch.testing.assert_close(reordered.hidden[:, 0], state.hidden[:, 2])
     torch.testing.assert_close(reordered.memory[2], state.memory[0])
     assert reordered.source_mask[1].sum() == len(SENTENCES[2])
+
+
+@pytest.mark.parametrize("rule", ["additive", "dot", "concat"])
+def test_beams_share_encoder_states_and_decode_like_copied_sentences(rule):
+    net = network(attention=rule)
+    source, lengths = padded(SENTENCES)
+    state = net.encode(source, lengths)
+    previous = torch.randint(4, VOCAB, (3 * 2,))  # two different beams per sentence
+    beams = state.with_beams(2)
+    assert beams.memory is state.memory and beams.hidden.size(1) == 6
+    logits, weights, after = net.decode_step(beams, previous)
+    copies = state.select_sentences(torch.arange(3).repeat_interleave(2))  # every beam its own memory copy
+    expected_logits, expected_weights, _ = net.decode_step(copies, previous)
+    torch.testing.assert_close(logits, expected_logits)
+    torch.testing.assert_close(weights, expected_weights)
+    followed = after.select_beams(torch.tensor([1, 1, 2, 3, 5, 4]))
+    torch.testing.assert_close(followed.hidden[:, 0], after.hidden[:, 1])
+    dropped = followed.select_sentences(torch.tensor([2]))
+    torch.testing.assert_close(dropped.hidden, followed.hidden[:, 4:])
+    assert dropped.memory.size(0) == 1 and dropped.beams == 2
 
 
 def test_beam_of_one_equals_greedy():
