@@ -48,6 +48,7 @@ class TrainingFigures:
     target_tokens_per_second: float
     sentences_per_batch: float
     peak_memory_mb: float
+    between_steps_percent: float  # data loading and loop overhead, outside the training step
 
 
 @dataclass
@@ -133,20 +134,29 @@ def peak_memory_mb(device: str) -> float:
 
 
 class ThroughputMeter(L.Callback):
-    """Counts target tokens and wall time over the steps after the warm-up."""
+    """Counts target tokens and wall time over the steps after the warm-up.
+
+    Also the time between one step's end and the next one's start: the data loader's
+    and the training loop's share, which should stay small (the model never waits).
+    """
 
     def __init__(self, warmup_steps: int) -> None:
         self.warmup_steps = warmup_steps
         self.start = 0.0
         self.end = 0.0
+        self.between_steps = 0.0
         self.tokens = 0
         self.sentences = 0
         self.batches = 0
 
+    def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: Batch, batch_idx: int) -> None:
+        if trainer.global_step > self.warmup_steps:
+            self.between_steps += time.perf_counter() - self.end
+
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs, batch: Batch, batch_idx: int) -> None:
         synchronize(str(module.device))
         if trainer.global_step == self.warmup_steps:
-            self.start = time.perf_counter()
+            self.start = self.end = time.perf_counter()
         elif trainer.global_step > self.warmup_steps:
             self.end = time.perf_counter()
             self.tokens += int((batch.target_out != PAD_ID).sum())
@@ -189,6 +199,7 @@ def measure_training(
         meter.tokens / seconds,
         meter.sentences / max(meter.batches, 1),
         peak_memory_mb(device),
+        100 * meter.between_steps / seconds,
     )
     return figures, module
 
@@ -293,15 +304,15 @@ def markdown(results: BenchResults, config: str, checkpoint: str | None, command
         f"Matrix-multiply peak: fp32 {peak['fp32']:,.0f} GFLOP/s, bf16 {peak['bf16']:,.0f} GFLOP/s. "
         f"A training step costs {results.flops_per_target_token / 1e6:,.1f} MFLOP per target token (forward + backward).",
         "",
-        "| training precision | target tokens/s | sentences/batch | achieved GFLOP/s | % of peak | peak memory (MB) |",
-        "|---|---|---|---|---|---|",
+        "| training precision | target tokens/s | sentences/batch | achieved GFLOP/s | % of peak | peak memory (MB) | % of time between steps (data, loop) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for t in results.training:
         achieved = results.flops_per_target_token * t.target_tokens_per_second / 1e9
         reference = peak["bf16" if "bf16" in t.precision else "fp32"]
         lines.append(
             f"| {t.precision} | {t.target_tokens_per_second:,.0f} | {t.sentences_per_batch:.0f} | {achieved:,.0f} | "
-            f"{100 * achieved / reference:.1f} | {t.peak_memory_mb:,.0f} |"
+            f"{100 * achieved / reference:.1f} | {t.peak_memory_mb:,.0f} | {t.between_steps_percent:.1f} |"
         )
     if results.translation:
         lines += [

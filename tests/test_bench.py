@@ -24,6 +24,7 @@ def test_bench_measures_training_and_translation_and_writes_both_reports(tiny_ch
     assert results.matmul_gflops["fp32"] > 1 and results.matmul_gflops["bf16"] > 0
     (training,) = results.training
     assert training.steps == 3 and training.target_tokens_per_second > 0 and training.peak_memory_mb > 0
+    assert 0 < training.between_steps_percent < 100
     assert results.flops_per_target_token > 1e4  # a tiny model still costs tens of kFLOP per token
     assert [(t.search, t.precision) for t in results.translation] == [
         ("greedy", "fp32"), ("beam5", "fp32"), ("greedy", "int8"), ("beam5", "int8")
