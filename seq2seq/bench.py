@@ -106,6 +106,12 @@ def matmul_gflops(dtype: torch.dtype, device: str, size: int = 2048, seconds: fl
     return 2 * size**3 * count / (time.perf_counter() - start) / 1e9
 
 
+def native_bf16(device: str) -> bool:
+    if device.startswith("cuda"):
+        return torch.cuda.is_bf16_supported()
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 def synchronize(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -277,7 +283,8 @@ def run_bench(
     if not Path(checkpoint).is_file():
         print(f"No checkpoint {checkpoint}: translation not measured (train one: make train CONFIG={config})")
         return results
-    inference_precisions = ["fp32", "bf16"] if device.startswith("cuda") else ["fp32", "int8"]
+    # bf16 where the hardware multiplies it natively (GPUs, CPUs with AVX512-BF16/AMX); int8 on CPUs
+    inference_precisions = ["fp32", *(["bf16"] if native_bf16(device) else []), *(["int8"] if device == "cpu" else [])]
     split = None
     for precision in inference_precisions:
         for search in (SearchSettings(), SearchSettings(beam_size=beam_size)):

@@ -131,13 +131,14 @@ def beam_search(
     previous = torch.full((batch * k,), BOS_ID, dtype=torch.long, device=device)
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
     finished_count = torch.zeros(batch, dtype=torch.long, device=device)  # (B,)
+    source_length_list = source_lengths.tolist()
+    in_beam = torch.arange(2 * k, device=device) < k  # (2K,): the first K candidates of each sentence
 
     for t in range(int(caps.max())):
         logits, weights, state = model.decode_step(state, previous)  # (A*K, V), (A*K, S)
         top_scores, rows, tokens = best_extensions(logits, scores, 2 * k)  # (A, 2K) each
         is_eos = tokens == EOS_ID
         at_cap = t + 1 >= caps[active]  # (A,)
-        in_beam = torch.arange(2 * k, device=device) < k  # (2K,)
         final = in_beam & (is_eos | at_cap.unsqueeze(1))  # (A, 2K)
         if final.any():
             a, j = final.nonzero(as_tuple=True)  # one pair per finished hypothesis
@@ -146,7 +147,7 @@ def beam_search(
             steps_attention = torch.cat((attention[final_rows], weights[final_rows].float().unsqueeze(1)), dim=1)
             penalty = length_penalty(t + 1, alpha)
             for f, (sentence, log_probability) in enumerate(zip(sentences.tolist(), top_scores[a, j].tolist())):
-                source_length = int(source_lengths[sentence])
+                source_length = source_length_list[sentence]
                 hypothesis = _hypothesis(steps[f], steps_attention[f, :, :source_length], log_probability, log_probability / penalty)
                 finished[sentence].append(hypothesis)
             finished_count.index_add_(0, sentences, torch.ones_like(sentences))

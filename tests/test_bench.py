@@ -2,7 +2,7 @@
 
 import json
 
-from seq2seq.bench import LATEST_RUN_MARKER, run_bench, save
+from seq2seq.bench import LATEST_RUN_MARKER, native_bf16, run_bench, save
 from seq2seq.evaluate import load_split, score
 from seq2seq.translate import Translator
 from tests.conftest import TINY_CONFIG
@@ -26,10 +26,10 @@ def test_bench_measures_training_and_translation_and_writes_both_reports(tiny_ch
     assert training.steps == 3 and training.target_tokens_per_second > 0 and training.peak_memory_mb > 0
     assert 0 < training.between_steps_percent < 100
     assert results.flops_per_target_token > 1e4  # a tiny model still costs tens of kFLOP per token
-    assert [(t.search, t.precision) for t in results.translation] == [
-        ("greedy", "fp32"), ("beam5", "fp32"), ("greedy", "int8"), ("beam5", "int8")
-    ]
-    assert set(results.latency_ms) == {"greedy fp32", "beam5 fp32", "greedy int8", "beam5 int8"}
+    precisions = ["fp32", "bf16", "int8"] if native_bf16("cpu") else ["fp32", "int8"]
+    expected = [(search, precision) for precision in precisions for search in ("greedy", "beam5")]
+    assert [(t.search, t.precision) for t in results.translation] == expected
+    assert set(results.latency_ms) == {f"{search} {precision}" for search, precision in expected}
 
     translator = Translator.from_checkpoint(tiny_checkpoint, "cpu")
     examples = next(iter(load_split(translator, None, str(mirror)).values()))[:40]
