@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from seq2seq.train_cli import train
@@ -57,3 +58,25 @@ def test_resume_from_an_explicit_checkpoint(tmp_path, data_dir, mirror):
     checkpoint = tmp_path / "first" / "tiny" / "last.ckpt"
     weights = short_run(tmp_path / "second", data_dir, mirror, 2, "--ckpt_path", str(checkpoint))
     assert_same_weights(weights, short_run(tmp_path / "third", data_dir, mirror, 2))
+
+
+def test_fused_adam_trains_in_bf16_mixed_and_its_gradients_are_clipped(tmp_path, data_dir, mirror):
+    cli = train(
+        [
+            "--config", str(TINY_CONFIG),
+            "--checkpoint_dir", str(tmp_path),
+            "--data.data_dir", str(data_dir),
+            "--data.mirror", str(mirror),
+            "--trainer.max_epochs", "1",
+            "--trainer.enable_progress_bar", "false",
+            "--trainer.precision", "bf16-mixed",
+            "--trainer.gradient_clip_val", "0.5",
+        ]
+    )
+    (optimizer,) = cli.trainer.optimizers
+    assert optimizer.defaults["fused"]  # Lightning's mixed-precision plugin alone would refuse to clip it
+    parameters = list(cli.model.net.parameters())
+    for parameter in parameters:
+        parameter.grad = torch.full_like(parameter, 10.0)
+    cli.model.configure_gradient_clipping(optimizer, 0.5, "norm")
+    assert float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in parameters]))) == pytest.approx(0.5, rel=1e-3)
