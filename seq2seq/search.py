@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID
@@ -65,9 +66,7 @@ def greedy_search(
     previous = torch.full((batch,), BOS_ID, dtype=torch.long, device=device)
     for t in range(steps):
         logits, weights, state = model.decode_step(state, previous)  # (A, V), (A, S)
-        logits = logits.float()
-        best_logits, best = logits.max(dim=-1)  # (A,)
-        best_scores = best_logits - torch.logsumexp(logits, dim=-1)  # log-softmax of the best only
+        best_scores, best = F.log_softmax(logits.float(), dim=-1).max(dim=-1)  # (A,)
         tokens[active, t] = best
         attention[active, t] = weights.float()
         scores[active] += best_scores
@@ -178,15 +177,12 @@ def best_extensions(logits: Tensor, scores: Tensor, count: int) -> tuple[Tensor,
 
     logits: (A*K, V) for the K beams of A sentences; scores: (A, K) their log-probabilities.
     Returns the extended scores, the beam rows (into A*K) they extend and their tokens,
-    each (A, count), best first. Only a beam's own `count` best tokens can be among its
-    sentence's best `count`, so the (A, K*V) sum of every score is never built: log-softmax
-    is reduced to one log-sum-exp per beam.
+    each (A, count), best first.
     """
     sentences, k = scores.shape
-    logits = logits.float()
-    row_top, row_tokens = logits.topk(count, dim=-1)  # (A*K, count)
-    row_scores = scores.view(-1, 1) + row_top - torch.logsumexp(logits, dim=-1, keepdim=True)  # (A*K, count)
-    top_scores, flat = row_scores.view(sentences, k * count).topk(count, dim=-1)  # (A, count)
-    rows = torch.div(flat, count, rounding_mode="floor") + (torch.arange(sentences, device=scores.device) * k).unsqueeze(1)
-    tokens = row_tokens.view(sentences, k * count).gather(1, flat)
-    return top_scores, rows, tokens
+    log_probs = F.log_softmax(logits.float(), dim=-1)  # (A*K, V)
+    vocab = log_probs.size(-1)
+    candidates = (scores.view(-1, 1) + log_probs).view(sentences, k * vocab)  # (A, K*V)
+    top_scores, flat = candidates.topk(count, dim=-1)  # (A, count)
+    rows = torch.div(flat, vocab, rounding_mode="floor") + (torch.arange(sentences, device=scores.device) * k).unsqueeze(1)
+    return top_scores, rows, flat % vocab
