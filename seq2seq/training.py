@@ -8,14 +8,16 @@ both SentencePiece models and a description of the corpus (`checkpoint["seq2seq"
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from dataclasses import asdict
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import lightning as L
 import sacrebleu
 import torch
+from lightning.pytorch.callbacks import Timer
 
 from seq2seq.data import Batch, TranslationDataModule
 from seq2seq.loss import smoothed_cross_entropy
@@ -34,6 +36,11 @@ class TranslationModule(L.LightningModule):
         network: sizes and switches of the network (see `ModelConfig`).
         learning_rate: Adam's peak learning rate.
         warmup_steps: linear warm-up from 0 to `learning_rate`.
+        lr_schedule: after the warm-up, `plateau` multiplies the learning rate by `lr_decay`
+            when validation BLEU stops improving; `budget` lowers it linearly to zero over the
+            training budget (`trainer.max_time`, or the steps `max_epochs`/`max_steps` allow,
+            whichever ends first). A fixed-time run ends before the plateau rule acts much;
+            decaying to the budget's end trains it further (Li et al., 2020, "Budgeted Training").
         lr_decay: factor applied to the learning rate when validation BLEU stops improving.
         lr_patience: validations without BLEU improvement before the decay.
         label_smoothing: of the cross-entropy loss (padding is ignored).
@@ -46,6 +53,7 @@ class TranslationModule(L.LightningModule):
         network: ModelConfig = ModelConfig(),
         learning_rate: float = 1e-3,
         warmup_steps: int = 500,
+        lr_schedule: Literal["plateau", "budget"] = "plateau",
         lr_decay: float = 0.5,
         lr_patience: int = 2,
         label_smoothing: float = 0.1,
@@ -56,6 +64,7 @@ class TranslationModule(L.LightningModule):
         self.network_config = network
         self.learning_rate = learning_rate
         self.warmup_steps = warmup_steps
+        self.lr_schedule = lr_schedule
         self.lr_decay = lr_decay
         self.lr_patience = lr_patience
         self.label_smoothing = label_smoothing
@@ -83,14 +92,32 @@ class TranslationModule(L.LightningModule):
         # with fp16's gradient scaler: it would unscale the gradients only after clipping.
         fused = self.device.type in ("cpu", "cuda") and self.trainer.precision != "16-mixed"
         optimizer = torch.optim.Adam(self.net.parameters(), lr=self.learning_rate, fused=fused)
-        warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(1, self.warmup_steps)))
+        def warmup(step: int) -> float:
+            return min(1.0, (step + 1) / max(1, self.warmup_steps))
+
+        if self.lr_schedule == "budget":
+            budget = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup(step) * (1.0 - self.budget_spent()))
+            return [optimizer], [{"scheduler": budget, "interval": "step"}]
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="max", factor=self.lr_decay, patience=self.lr_patience
         )
         return [optimizer], [
-            {"scheduler": warmup, "interval": "step"},
+            {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, warmup), "interval": "step"},
             {"scheduler": plateau, "interval": "epoch", "monitor": "val_bleu", "strict": False},
         ]
+
+    def budget_spent(self) -> float:
+        """How far training is through its budget, 0 to 1: through `max_time` (its Timer
+        counts validation and survives a resume) or through the steps the epoch and step
+        limits allow, whichever is further along."""
+        spent = [0.0]
+        if math.isfinite(self.trainer.estimated_stepping_batches):
+            spent.append(self.trainer.global_step / self.trainer.estimated_stepping_batches)
+        timer = next((callback for callback in self.trainer.callbacks if isinstance(callback, Timer)), None)
+        if timer is not None and timer.time_remaining() is not None:
+            elapsed = timer.time_elapsed()
+            spent.append(elapsed / max(elapsed + timer.time_remaining(), 1e-9))
+        return min(1.0, max(spent))
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         """Clip fused-Adam gradients too: Lightning's mixed-precision plugin refuses to, for
@@ -118,6 +145,7 @@ class TranslationModule(L.LightningModule):
             )
         self.log("train_loss", loss, prog_bar=True, batch_size=batch.source.size(0))
         self.log("tok/s", self._tokens_per_second, prog_bar=True, batch_size=batch.source.size(0))
+        self.log("lr", self.optimizers().param_groups[0]["lr"], batch_size=batch.source.size(0))
         return loss
 
     def on_train_batch_end(self, outputs, batch: Batch, batch_idx: int) -> None:

@@ -1,5 +1,6 @@
 """Short runs of the tiny config: seeding and resuming (weights compared exactly)."""
 
+import csv
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,33 @@ def test_fused_adam_trains_in_bf16_mixed_and_its_gradients_are_clipped(tmp_path,
         parameter.grad = torch.full_like(parameter, 10.0)
     cli.model.configure_gradient_clipping(optimizer, 0.5, "norm")
     assert float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in parameters]))) == pytest.approx(0.5, rel=1e-3)
+
+
+def logged_learning_rates(folder: Path) -> dict[int, float]:
+    """step → learning rate, from the run's metrics.csv."""
+    (metrics,) = folder.rglob("metrics.csv")
+    return {int(row["step"]): float(row["lr"]) for row in csv.DictReader(metrics.open()) if row.get("lr")}
+
+
+def test_budget_schedule_warms_up_then_falls_linearly_to_zero_at_the_last_step(tmp_path, data_dir, mirror):
+    short_run(
+        tmp_path, data_dir, mirror, 6,
+        "--model.lr_schedule", "budget", "--model.warmup_steps", "5", "--trainer.log_every_n_steps", "1",
+    )
+    rates = logged_learning_rates(tmp_path)
+    last = max(rates)
+    peak = 0.005  # configs/tiny.yaml
+    for step, rate in rates.items():
+        assert rate == pytest.approx(peak * min(1.0, (step + 1) / 5) * (1 - step / (last + 1)), rel=1e-5), step
+
+
+def test_budget_schedule_spends_a_time_budget(tmp_path, data_dir, mirror):
+    short_run(
+        tmp_path, data_dir, mirror, 1000,  # far more epochs than 4 seconds allow: the time budget rules
+        "--model.lr_schedule", "budget", "--model.warmup_steps", "1", "--trainer.log_every_n_steps", "1",
+        "--trainer.max_time", "00:00:00:04",
+    )
+    rates = list(logged_learning_rates(tmp_path).values())
+    assert len(rates) > 10
+    assert rates == sorted(rates, reverse=True)
+    assert rates[0] > 0.8 * 0.005 and rates[-1] < 0.1 * 0.005
