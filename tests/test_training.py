@@ -110,4 +110,4 @@ def test_budget_schedule_spends_a_time_budget(tmp_path, data_dir, mirror):
     rates = list(logged_learning_rates(tmp_path).values())
     assert len(rates) > 10
     assert rates == sorted(rates, reverse=True)
-    assert rates[0] > 0.8 * 0.005 and rates[-1] < 0.1 * 0.005
+    assert rates[0] > 0.5 * 0.005 and rates[-1] < 0.1 * 0.005  # from near the peak to near zero
