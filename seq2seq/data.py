@@ -62,10 +62,14 @@ def collate(pairs: Sequence[EncodedPair]) -> Batch:
 class TokenBatchSampler(Sampler[list[int]]):
     """Batches of about `max_tokens` padded tokens, built from sentences of similar length.
 
-    Shuffled: each epoch shuffles, sorts by length inside pools of `pool_batches` batches
-    (little padding, still random), then shuffles the batch order. Deterministic for a
-    given seed and epoch, so a resumed run sees the same batches; `resume_at` makes the
-    next pass over an epoch skip the batches a killed run had already trained on.
+    Shuffled: each epoch sorts the sentences by length, then by target length (little
+    padding on either side), breaking ties at random (as fairseq does), cuts the batches,
+    then shuffles their order. Only the ties move between epochs, so every epoch cuts as
+    many batches: Lightning reads the length once and validates when that many batches
+    are done (an epoch one batch short would skip validation, one batch long would lose a
+    batch). Deterministic for a given seed and epoch, so a resumed run sees the same
+    batches; `resume_at` makes the next pass over an epoch skip the batches a killed run
+    had already trained on.
 
     Distributed (`num_replicas` processes): every process cuts the same batches, then
     `share` gives process `rank` every `num_replicas`-th one, so the shares are disjoint,
@@ -79,17 +83,17 @@ class TokenBatchSampler(Sampler[list[int]]):
         max_tokens: int,
         shuffle: bool,
         seed: int = 0,
-        pool_batches: int = 100,
         num_replicas: int = 1,
         rank: int = 0,
+        target_lengths: Sequence[int] | None = None,
     ) -> None:
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is not one of the {num_replicas} replicas")
         self.lengths = torch.tensor(lengths)
+        self.target_lengths = self.lengths if target_lengths is None else torch.tensor(target_lengths)
         self.max_tokens = max_tokens
         self.shuffle = shuffle
         self.seed = seed
-        self.pool_batches = pool_batches
         self.num_replicas = num_replicas
         self.rank = rank
         self.epoch = 0
@@ -121,17 +125,17 @@ class TokenBatchSampler(Sampler[list[int]]):
         return self._cached[1]
 
     def _make_batches(self) -> list[list[int]]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
         if not self.shuffle:
-            return self._cut(torch.argsort(self.lengths, stable=True))
-        order = torch.randperm(len(self.lengths), generator=generator)
-        pool = max(1, self.pool_batches * self.max_tokens // max(1, int(self.lengths.float().mean())))
-        batches = []
-        for start in range(0, len(order), pool):
-            chunk = order[start : start + pool]
-            batches += self._cut(chunk[torch.argsort(self.lengths[chunk], stable=True)])
+            return self._cut(self._sorted(torch.arange(len(self.lengths))))
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        batches = self._cut(self._sorted(torch.randperm(len(self.lengths), generator=generator)))
         permutation = torch.randperm(len(batches), generator=generator).tolist()
         return [batches[i] for i in permutation]
+
+    def _sorted(self, order: Tensor) -> Tensor:
+        """`order` stably sorted by length, then target length: ties keep their order in `order`."""
+        order = order[torch.argsort(self.target_lengths[order], stable=True)]
+        return order[torch.argsort(self.lengths[order], stable=True)]
 
     def _cut(self, order: Tensor) -> list[list[int]]:
         batches, current, longest = [], [], 0
@@ -349,9 +353,10 @@ class TranslationDataModule(L.LightningDataModule):
 
     def _loader(self, pairs: list[EncodedPair], shuffle: bool) -> DataLoader:
         """Token batches of `pairs`; under DDP, this process's share of them (see `TokenBatchSampler`)."""
-        lengths = [max(len(p.source), len(p.target) + 1) for p in pairs]
+        target_lengths = [len(p.target) + 1 for p in pairs]  # with bos (or eos)
+        lengths = [max(len(p.source), length) for p, length in zip(pairs, target_lengths)]
         processes, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
-        sampler = TokenBatchSampler(lengths, self.max_tokens, shuffle, self.seed, num_replicas=processes, rank=rank)
+        sampler = TokenBatchSampler(lengths, self.max_tokens, shuffle, self.seed, processes, rank, target_lengths)
         loader = ResumableDataLoader if shuffle else DataLoader  # validation always runs whole
         # its own generator: starting a pass draws a worker seed, which must not move the
         # global RNG (dropout), or a resumed run would drift from an uninterrupted one

@@ -72,7 +72,15 @@ class TrainingCLI(LightningCLI):
         # TokenBatchSampler shards itself; Lightning could not inject a DistributedSampler into it
         parser.set_defaults({"trainer.use_distributed_sampler": False})
         parser.add_lightning_class_args(EarlyStopping, "early_stopping")
-        parser.set_defaults({"early_stopping.monitor": "val_bleu", "early_stopping.mode": "max", "early_stopping.patience": 5})
+        # checked after each validation, not at epoch ends: a run cut short by max_steps ends mid-epoch, unvalidated
+        parser.set_defaults(
+            {
+                "early_stopping.monitor": "val_bleu",
+                "early_stopping.mode": "max",
+                "early_stopping.patience": 5,
+                "early_stopping.check_on_train_epoch_end": False,
+            }
+        )
         parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")  # after "checkpoint": sees the new best
         parser.link_arguments(("checkpoint_dir", "run_name"), "checkpoint.dirpath", compute_fn=run_folder)
         parser.link_arguments(("checkpoint_dir", "run_name"), "last_checkpoint.dirpath", compute_fn=run_folder)

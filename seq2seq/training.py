@@ -149,12 +149,18 @@ class TranslationModule(L.LightningModule):
         return loss
 
     def on_train_batch_end(self, outputs, batch: Batch, batch_idx: int) -> None:
-        """Target tokens per second, smoothed over recent batches, for the progress bar."""
+        """Target tokens per second, smoothed over recent batches, for the progress bar.
+
+        At `max_steps` it asks to stop: Lightning then validates the last steps, as it does
+        when `max_time` stops a run mid-epoch, so they can become best.ckpt.
+        """
         now = time.perf_counter()
         if self._last_batch_end is not None:
             rate = int((batch.target_out != PAD_ID).sum()) / max(now - self._last_batch_end, 1e-9)
             self._tokens_per_second = rate if self._tokens_per_second == 0 else 0.9 * self._tokens_per_second + 0.1 * rate
         self._last_batch_end = now
+        if 0 < self.trainer.max_steps <= self.global_step:
+            self.trainer.should_stop = True
 
     def on_train_epoch_start(self) -> None:
         self._last_batch_end = None

@@ -60,6 +60,21 @@ def test_shares_are_the_same_on_every_process_and_reshuffled_each_epoch():
     assert sorted(sentences(second[0] + second[1])) == list(range(len(LENGTHS)))
 
 
+def test_every_epoch_cuts_as_many_batches_within_the_token_budget_and_mixes_them_anew():
+    # Lightning reads the batch count once: an epoch that cut fewer would skip validation
+    targets = [2 + (11 * i) % 37 for i in range(5000)]
+    lengths = [max(3 + (7 * i) % 40, target) for i, target in enumerate(targets)]
+    sampler = TokenBatchSampler(lengths, 200, True, seed=5, target_lengths=targets)
+    epochs = []
+    for epoch in range(8):
+        sampler.set_epoch(epoch)
+        epochs.append(list(sampler))
+        assert len(epochs[-1]) == len(sampler) == len(epochs[0])
+        assert sorted(sentences(epochs[-1])) == list(range(len(lengths)))
+        assert all(max(lengths[i] for i in batch) * len(batch) <= 200 for batch in epochs[-1])
+    assert len({frozenset(map(frozenset, batches)) for batches in epochs}) == len(epochs)
+
+
 def test_batches_keep_the_token_budget_when_halved():
     for batches in shares(3, max_tokens=200):
         for batch in batches:

@@ -111,3 +111,12 @@ def test_budget_schedule_spends_a_time_budget(tmp_path, data_dir, mirror):
     assert len(rates) > 10
     assert rates == sorted(rates, reverse=True)
     assert rates[0] > 0.5 * 0.005 and rates[-1] < 0.1 * 0.005  # from near the peak to near zero
+
+
+def test_a_step_budget_that_ends_mid_epoch_validates_its_last_step(tmp_path, data_dir, mirror):
+    # the tiny config's epoch is 7 batches: 10 steps end in the middle of the second epoch
+    short_run(tmp_path, data_dir, mirror, 5, "--trainer.max_steps", "10", "--trainer.check_val_every_n_epoch", "1")
+    (metrics,) = tmp_path.rglob("metrics.csv")
+    validated = [int(row["step"]) for row in csv.DictReader(metrics.open()) if row.get("val_bleu")]
+    assert validated == [6, 9]  # the end of epoch 0 (7 batches), then the stop (steps count from 0 here)
+    assert (tmp_path / "tiny" / "best.ckpt").is_file()
