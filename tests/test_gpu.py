@@ -1,0 +1,71 @@
+"""The CUDA path: bf16-mixed training and translation on a GPU (skipped where there is none, as in CI)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from seq2seq.data import TranslationDataModule
+from seq2seq.evaluate import score
+from seq2seq.figures import read_run_metrics
+from seq2seq.train_cli import train
+from seq2seq.translate import SearchSettings, Translator
+from tests.conftest import TINY_CONFIG
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(scope="module")
+def training_examples(data_dir, mirror):
+    module = TranslationDataModule(data_dir=str(data_dir), mirror=str(mirror), max_train_examples=300, vocab_size=400)
+    return module.load_splits()["train"]
+
+
+@pytest.fixture(scope="module")
+def cuda_run(tmp_path_factory, data_dir, mirror):
+    """The tiny config trained on the GPU in bf16-mixed: (the LightningCLI, its run folder)."""
+    folder = tmp_path_factory.mktemp("cuda")
+    cli = train(
+        [
+            "--config", str(TINY_CONFIG),
+            "--checkpoint_dir", str(folder),
+            "--data.data_dir", str(data_dir),
+            "--data.mirror", str(mirror),
+            "--trainer.accelerator", "gpu",
+            "--trainer.devices", "1",
+            "--trainer.precision", "bf16-mixed",
+            "--trainer.enable_progress_bar", "false",
+        ]
+    )
+    return cli, folder / "tiny"
+
+
+def test_bf16_mixed_training_on_the_gpu_memorises_the_training_pairs(cuda_run, training_examples):
+    cli, run = cuda_run
+    assert cli.trainer.strategy.root_device.type == "cuda"  # fit moves the module back to the CPU at its end
+    assert cli.trainer.precision == "bf16-mixed"
+    (optimizer,) = cli.trainer.optimizers
+    assert optimizer.defaults["fused"]
+    losses = [float(row["train_loss"]) for row in read_run_metrics(run) if row.get("train_loss")]
+    assert losses[-1] < losses[0] / 10
+    translator = Translator.from_checkpoint(run / "last.ckpt", "cuda", precision="bf16")
+    hypotheses = translator.translate([e.source for e in training_examples])
+    assert score(hypotheses, [e.references for e in training_examples])[0].score > 80
+
+
+@pytest.mark.parametrize("beam_size", [1, 5])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_gpu_translation_agrees_with_the_cpu(tiny_checkpoint: Path, training_examples, beam_size, precision):
+    sources = [e.source for e in training_examples[:64]]
+    settings = SearchSettings(beam_size=beam_size)
+    on_cpu = Translator.from_checkpoint(tiny_checkpoint, "cpu", settings).translate(sources)
+    on_gpu = Translator.from_checkpoint(tiny_checkpoint, "cuda", settings, precision).translate(sources)
+    assert sum(a == b for a, b in zip(on_cpu, on_gpu)) >= 58
+
+
+def test_a_gpu_trained_checkpoint_translates_on_the_cpu(cuda_run, training_examples):
+    _, run = cuda_run
+    translator = Translator.from_checkpoint(run / "last.ckpt", "cpu")
+    assert next(translator.net.parameters()).device.type == "cpu"
+    hypotheses = translator.translate([e.source for e in training_examples])
+    assert score(hypotheses, [e.references for e in training_examples])[0].score > 80
