@@ -102,6 +102,8 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-length-ratio", type=float, help="output cap in tokens per source token (default: the training setting)")
     parser.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
                         help="int8: dynamic quantization, faster on CPUs; bf16: autocast, for GPUs")
+    parser.add_argument("--workers", type=int,
+                        help="batches translated side by side on a CPU, sharing torch's threads (default: one per thread)")
 
 
 def search_settings(args: argparse.Namespace) -> SearchSettings:
@@ -117,7 +119,7 @@ def run_translate(args: argparse.Namespace) -> None:
     from seq2seq.atomic import write_lines
     from seq2seq.translate import Translator
 
-    translator = Translator.from_checkpoint(args.checkpoint, args.device, search_settings(args), args.precision)
+    translator = Translator.from_checkpoint(args.checkpoint, args.device, search_settings(args), args.precision, args.workers)
     if args.input is None and sys.stdin.isatty():
         interactive(translator)
         return
@@ -204,7 +206,9 @@ def run_evaluate(args: argparse.Namespace) -> None:
         return
     if not args.checkpoint:
         raise Seq2SeqError("evaluate needs --checkpoint CKPT (or --hyp FILE --ref FILE to score files)")
-    report = evaluate_checkpoint(args.checkpoint, args.split, args.mirror, args.batch_size, search_settings(args), args.precision)
+    report = evaluate_checkpoint(
+        args.checkpoint, args.split, args.mirror, args.batch_size, search_settings(args), args.precision, args.workers
+    )
     for result in report.results:
         print(f"{result.split} ({result.sentences} sentences, {report.search['name']}):")
         for value in result.scores:

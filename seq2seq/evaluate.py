@@ -138,6 +138,7 @@ def evaluate_checkpoint(
     batch_size: int = 64,
     search: SearchSettings = SearchSettings(),
     precision: str = "fp32",
+    workers: int | None = None,
 ) -> Report:
     """Translate split(s) of the model's corpus and score them.
 
@@ -146,7 +147,7 @@ def evaluate_checkpoint(
     keeps runs with different settings apart.
     """
     checkpoint = Path(checkpoint)
-    translator = Translator.from_checkpoint(checkpoint, search=search, precision=precision)
+    translator = Translator.from_checkpoint(checkpoint, search=search, precision=precision, workers=workers)
     prefix = f"{checkpoint.stem}.{search.describe()}" + ("" if precision == "fp32" else f".{precision}")
     results = []
     for name, examples in load_split(translator, split, mirror).items():

@@ -66,7 +66,8 @@ def greedy_search(
     previous = torch.full((batch,), BOS_ID, dtype=torch.long, device=device)
     for t in range(steps):
         logits, weights, state = model.decode_step(state, previous)  # (A, V), (A, S)
-        best_scores, best = F.log_softmax(logits.float(), dim=-1).max(dim=-1)  # (A,)
+        best_scores, best = top_k(F.log_softmax(logits.float(), dim=-1), 1)  # (A, 1) each
+        best_scores, best = best_scores.squeeze(1), best.squeeze(1)  # (A,)
         tokens[active, t] = best
         attention[active, t] = weights.float()
         scores[active] += best_scores
@@ -183,6 +184,34 @@ def best_extensions(logits: Tensor, scores: Tensor, count: int) -> tuple[Tensor,
     log_probs = F.log_softmax(logits.float(), dim=-1)  # (A*K, V)
     vocab = log_probs.size(-1)
     candidates = (scores.view(-1, 1) + log_probs).view(sentences, k * vocab)  # (A, K*V)
-    top_scores, flat = candidates.topk(count, dim=-1)  # (A, count)
+    top_scores, flat = top_k(candidates, count)  # (A, count)
     rows = torch.div(flat, vocab, rounding_mode="floor") + (torch.arange(sentences, device=scores.device) * k).unsqueeze(1)
     return top_scores, rows, flat % vocab
+
+
+def top_k(values: Tensor, count: int) -> tuple[Tensor, Tensor]:
+    """`values.topk(count, dim=-1)` of a 2-d tensor, for long rows faster on a CPU.
+
+    A row's best `count` values lie in the `count` chunks of it with the highest maxima
+    (a value outside them has `count` chunk maxima above it), and chunk maxima are a
+    vectorised reduction where topk over a whole row is not: 64 rows of 40,000 (beam 5
+    over 8,000 tokens) take 0.7 ms instead of 1.9 on the 2-core CPU. Equal values may
+    come out in another order than `topk`'s.
+    """
+    rows, length = values.shape
+    chunk = chunk_size(length)
+    chunks = -(-length // chunk)
+    if chunks <= 2 * count:
+        return values.topk(count, dim=-1)
+    if length % chunk:
+        values = F.pad(values, (0, chunks * chunk - length), value=float("-inf"))
+    values = values.view(rows, chunks, chunk)
+    best_chunks = values.amax(dim=-1).topk(count, dim=-1).indices  # (R, count)
+    candidates = values.gather(1, best_chunks.unsqueeze(-1).expand(-1, -1, chunk)).view(rows, -1)  # (R, count * chunk)
+    top, within = candidates.topk(count, dim=-1)  # (R, count)
+    return top, best_chunks.gather(1, torch.div(within, chunk, rounding_mode="floor")) * chunk + within % chunk
+
+
+def chunk_size(length: int) -> int:
+    """A chunk length near 100 that divides `length` if one does (no padding copy), else 100."""
+    return next((size for size in range(100, 63, -1) if length % size == 0), 100)

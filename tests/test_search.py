@@ -1,12 +1,13 @@
 """Greedy and beam search on the trained tiny model: consistent, batch-independent, ranked."""
 
 import random
+import threading
 
 import pytest
 import torch
 
 from seq2seq.errors import Seq2SeqError
-from seq2seq.search import beam_search, greedy_search
+from seq2seq.search import beam_search, greedy_search, top_k
 from seq2seq.translate import SearchSettings, Translator
 
 
@@ -81,3 +82,38 @@ def test_reduced_precision_translates_the_memorised_pairs_alike(tiny_checkpoint,
 def test_unknown_precision_is_named(tiny_checkpoint):
     with pytest.raises(Seq2SeqError, match="unknown precision 'fp8'"):
         Translator.from_checkpoint(tiny_checkpoint, "cpu", precision="fp8")
+
+
+def test_workers_search_whole_batches_on_their_share_of_the_threads(tiny_checkpoint, sentences, monkeypatch):
+    alone = Translator.from_checkpoint(tiny_checkpoint, "cpu", workers=1).translate(sentences, batch_size=8)
+    translator = Translator.from_checkpoint(tiny_checkpoint, "cpu", workers=2)
+    calls = []
+    search = translator._search
+
+    def recording_search(batch):
+        calls.append((threading.get_ident(), torch.get_num_threads()))
+        return search(batch)
+
+    monkeypatch.setattr(translator, "_search", recording_search)
+    threads = torch.get_num_threads()
+    assert translator.translate(sentences, batch_size=8) == alone
+    assert len(calls) == 8
+    assert threading.get_ident() not in {ident for ident, _ in calls}
+    assert {count for _, count in calls} == {max(1, threads // 2)}
+    assert torch.get_num_threads() == threads  # the caller's own count is untouched
+
+
+def test_workers_must_be_positive(tiny_checkpoint):
+    with pytest.raises(Seq2SeqError, match="workers must be at least 1"):
+        Translator.from_checkpoint(tiny_checkpoint, "cpu", workers=0)
+
+
+@pytest.mark.parametrize(("rows", "length", "count"), [(3, 40000, 10), (4, 8001, 1), (2, 97, 3), (5, 1000, 10)])
+def test_top_k_by_chunks_finds_what_topk_finds(rows, length, count):
+    torch.manual_seed(0)
+    values = torch.randint(-50, 50, (rows, length)).float()  # many ties
+    values[0, : length // 2] = float("-inf")
+    top, positions = top_k(values, count)
+    assert torch.equal(top, values.topk(count, dim=-1).values)
+    assert torch.equal(values.gather(1, positions), top)
+    assert all(len(set(row)) == count for row in positions.tolist())  # no position twice
