@@ -56,6 +56,7 @@ class TranslationFigures:
     search: str
     precision: str
     batch_size: int
+    workers: int  # batches searched side by side (`Translator.worker_count`)
     sentences: int
     sentences_per_second: float
     target_tokens_per_second: float
@@ -230,7 +231,16 @@ def measure_translation(
     seconds = time.perf_counter() - start
     tokens = sum(len(t.hypotheses[0].tokens) + 1 for t in translations if t.hypotheses)
     bleu = score([t.text for t in translations], references)[0].score
-    return TranslationFigures(translator.search.describe(), translator.precision, batch_size, len(sources), len(sources) / seconds, tokens / seconds, bleu)
+    return TranslationFigures(
+        translator.search.describe(),
+        translator.precision,
+        batch_size,
+        translator.worker_count,
+        len(sources),
+        len(sources) / seconds,
+        tokens / seconds,
+        bleu,
+    )
 
 
 def latency_ms(translator: Translator, sources: list[str]) -> float:
@@ -326,12 +336,12 @@ def markdown(results: BenchResults, config: str, checkpoint: str | None, command
             "",
             f"Translation with `{checkpoint}`:",
             "",
-            "| search | precision | batch | sentences | sentences/s | target tokens/s | BLEU | batch-1 latency (ms, median) |",
-            "|---|---|---|---|---|---|---|---|",
+            "| search | precision | batch | workers | sentences | sentences/s | target tokens/s | BLEU | batch-1 latency (ms, median) |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for t in results.translation:
             lines.append(
-                f"| {t.search} | {t.precision} | {t.batch_size} | {t.sentences} | {t.sentences_per_second:,.0f} | "
+                f"| {t.search} | {t.precision} | {t.batch_size} | {t.workers} | {t.sentences} | {t.sentences_per_second:,.0f} | "
                 f"{t.target_tokens_per_second:,.0f} | {t.bleu:.2f} | {results.latency_ms[f'{t.search} {t.precision}']:.1f} |"
             )
     return "\n".join(lines)
