@@ -49,3 +49,12 @@ def tiny_run(tmp_path_factory, data_dir, mirror) -> Path:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_run) -> Path:
     return tiny_run / "last.ckpt"
+
+
+@pytest.fixture(scope="session")
+def training_examples(data_dir, mirror):
+    """The tiny config's 300 training pairs (what `tiny_run` memorises)."""
+    from seq2seq.data import TranslationDataModule
+
+    module = TranslationDataModule(data_dir=str(data_dir), mirror=str(mirror), max_train_examples=300, vocab_size=400)
+    return module.load_splits()["train"]

@@ -7,17 +7,10 @@ import unicodedata
 import pytest
 
 from seq2seq.cli import main
-from seq2seq.data import TranslationDataModule
 from seq2seq.evaluate import score
 from seq2seq.translate import SearchSettings, Translator, load_checkpoint
 from seq2seq.figures import read_run_metrics
 from tests.conftest import TINY_CONFIG
-
-
-@pytest.fixture(scope="module")
-def training_examples(data_dir, mirror):
-    module = TranslationDataModule(data_dir=str(data_dir), mirror=str(mirror), max_train_examples=300, vocab_size=400)
-    return module.load_splits()["train"]
 
 
 def test_training_loss_falls(tiny_run):

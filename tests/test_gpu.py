@@ -5,7 +5,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from seq2seq.data import TranslationDataModule
 from seq2seq.evaluate import score
 from seq2seq.figures import read_run_metrics
 from seq2seq.train_cli import train
@@ -13,12 +12,6 @@ from seq2seq.translate import SearchSettings, Translator
 from tests.conftest import TINY_CONFIG
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-
-@pytest.fixture(scope="module")
-def training_examples(data_dir, mirror):
-    module = TranslationDataModule(data_dir=str(data_dir), mirror=str(mirror), max_train_examples=300, vocab_size=400)
-    return module.load_splits()["train"]
 
 
 @pytest.fixture(scope="module")
