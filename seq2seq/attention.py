@@ -123,7 +123,11 @@ class _AdditiveScores(torch.autograd.Function):
     values at 64 sentences of 20 tokens), and autograd passes it through main memory about
     six times; the energy layer's backward is a product with an inner size of 1, which
     matrix kernels handle badly. Here each slice stays in cache and backward recomputes
-    its tanh instead of storing it. Computed in fp32 (fp64 for fp64 inputs) whatever the autocast dtype.
+    it instead of storing it. Computed in fp32 (fp64 for fp64 inputs) whatever the autocast dtype.
+
+    tanh(h) = 2 σ(2h) - 1, and torch's CPU sigmoid was 3.7 times faster than its tanh (0.64
+    against 2.35 ms for 2^19 fp32 values, one thread of a 2-core EPYC), so the slices hold σ(2h):
+    v · tanh(h) = 2 v · σ(2h) - Σv, and tanh'(h) = 4 σ(2h) (1 - σ(2h)).
     """
 
     @staticmethod
@@ -134,7 +138,8 @@ class _AdditiveScores(torch.autograd.Function):
         with torch.autocast(queries.device.type, enabled=False):
             v = energy.to(dtype)
             for rows in batch_slices(queries, keys):
-                torch.matmul(hidden_tanh(queries[rows], keys[rows]), v, out=scores[rows])
+                torch.matmul(hidden_sigmoid(queries[rows], keys[rows]), 2 * v, out=scores[rows])
+            scores -= v.sum()
         return scores
 
     @staticmethod
@@ -145,19 +150,20 @@ class _AdditiveScores(torch.autograd.Function):
         with torch.autocast(queries.device.type, enabled=False):
             v = energy.to(grad_energy.dtype)
             for rows in batch_slices(queries, keys):
-                tanh = hidden_tanh(queries[rows], keys[rows])  # (r, T, S, A)
+                sigmoid = hidden_sigmoid(queries[rows], keys[rows])  # (r, T, S, A)
                 grad = grad_scores[rows].to(v.dtype)  # (r, T, S)
-                grad_energy.addmv_(tanh.flatten(0, 2).t(), grad.flatten())
-                grad_hidden = tanh.square_().sub_(1).mul_(grad.unsqueeze(-1) * -v)  # d/d(q + k): (1 - tanh²) g v
+                grad_energy.addmv_(sigmoid.flatten(0, 2).t(), grad.flatten(), alpha=2)  # Σ tanh g = Σ (2σ - 1) g
+                grad_energy -= grad.sum()
+                grad_hidden = sigmoid.sub_(sigmoid.square()).mul_(grad.unsqueeze(-1) * (4 * v))  # tanh'(h) g v
                 grad_queries[rows] = grad_hidden.sum(2)
                 grad_keys[rows] = grad_hidden.sum(1)
         return grad_queries, grad_keys, grad_energy.to(energy.dtype)
 
 
-def hidden_tanh(queries: Tensor, keys: Tensor) -> Tensor:
-    """tanh(q[b, t] + k[b, s]): (r, T, A) and (r, S, A) to (r, T, S, A), at least in fp32."""
+def hidden_sigmoid(queries: Tensor, keys: Tensor) -> Tensor:
+    """σ(2 (q[b, t] + k[b, s])): (r, T, A) and (r, S, A) to (r, T, S, A), at least in fp32."""
     dtype = compute_dtype(queries)
-    return torch.tanh(queries.to(dtype).unsqueeze(2) + keys.to(dtype).unsqueeze(1))
+    return (queries.to(dtype).mul(2).unsqueeze(2) + keys.to(dtype).mul(2).unsqueeze(1)).sigmoid_()
 
 
 def compute_dtype(tensor: Tensor) -> torch.dtype:
