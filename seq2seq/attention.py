@@ -137,8 +137,9 @@ class _AdditiveScores(torch.autograd.Function):
         scores = queries.new_empty(queries.shape[:2] + keys.shape[1:2], dtype=dtype)  # (B, T, S)
         with torch.autocast(queries.device.type, enabled=False):
             v = energy.to(dtype)
+            twice_v = 2 * v
             for rows in batch_slices(queries, keys):
-                torch.matmul(hidden_sigmoid(queries[rows], keys[rows]), 2 * v, out=scores[rows])
+                torch.matmul(hidden_sigmoid(queries[rows], keys[rows]), twice_v, out=scores[rows])
             scores -= v.sum()
         return scores
 
@@ -149,14 +150,15 @@ class _AdditiveScores(torch.autograd.Function):
         grad_energy = torch.zeros_like(energy, dtype=compute_dtype(queries))
         with torch.autocast(queries.device.type, enabled=False):
             v = energy.to(grad_energy.dtype)
+            four_v = 4 * v
             for rows in batch_slices(queries, keys):
                 sigmoid = hidden_sigmoid(queries[rows], keys[rows])  # (r, T, S, A)
                 grad = grad_scores[rows].to(v.dtype)  # (r, T, S)
-                grad_energy.addmv_(sigmoid.flatten(0, 2).t(), grad.flatten(), alpha=2)  # Σ tanh g = Σ (2σ - 1) g
-                grad_energy -= grad.sum()
-                grad_hidden = sigmoid.sub_(sigmoid.square()).mul_(grad.unsqueeze(-1) * (4 * v))  # tanh'(h) g v
+                grad_energy.addmv_(sigmoid.flatten(0, 2).t(), grad.flatten(), alpha=2)  # the 2σ of Σ (2σ - 1) g
+                grad_hidden = sigmoid.sub_(sigmoid.square()).mul_(grad.unsqueeze(-1) * four_v)  # tanh'(h) g v
                 grad_queries[rows] = grad_hidden.sum(2)
                 grad_keys[rows] = grad_hidden.sum(1)
+            grad_energy -= grad_scores.sum(dtype=grad_energy.dtype)  # the - 1 of Σ (2σ - 1) g
         return grad_queries, grad_keys, grad_energy.to(energy.dtype)
 
 
