@@ -80,11 +80,6 @@ class DecoderState:
     source_mask: Tensor
     beams: int = 1
 
-    def with_beams(self, beams: int) -> DecoderState:
-        """`beams` copies of each sentence's decoder state (the encoder states are shared)."""
-        hidden = self.hidden.repeat_interleave(beams // self.beams, dim=1)
-        return DecoderState(hidden, self.memory, self.keys, self.source_mask, beams)
-
     def select_sentences(self, indices: Tensor) -> DecoderState:
         """Keep (or repeat) the sentences `indices`, all their beams: how finished sentences leave."""
         rows = (indices.unsqueeze(1) * self.beams + torch.arange(self.beams, device=indices.device)).flatten()
@@ -97,8 +92,11 @@ class DecoderState:
         )
 
     def select_beams(self, rows: Tensor) -> DecoderState:
-        """Follow the beams beam search chose: `rows` (B * beams), each within its own sentence."""
-        return DecoderState(self.hidden.index_select(1, rows), self.memory, self.keys, self.source_mask, self.beams)
+        """Follow the beams beam search chose: `rows` (B * beams) index the current rows, each
+        within its own sentence. Their count sets the beams per sentence, so the first step can
+        grow one row per sentence into `beams` (the encoder states stay shared)."""
+        beams = rows.numel() // self.memory.size(0)
+        return DecoderState(self.hidden.index_select(1, rows), self.memory, self.keys, self.source_mask, beams)
 
 
 class Encoder(nn.Module):

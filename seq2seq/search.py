@@ -1,7 +1,7 @@
 """Decoding as plain functions over the model's `encode` / `decode_step` interface.
 
 No Lightning and no model internals: any module with those two methods and a
-`DecoderState` (`with_beams`, `select_sentences`, `select_beams`) can be searched.
+`DecoderState` (`select_sentences`, `select_beams`) can be searched.
 """
 
 from __future__ import annotations
@@ -124,21 +124,22 @@ def beam_search(
     k = beam_size
     caps = output_caps(source_lengths, max_length_ratio, min_length).to(device)  # (B,)
     beams = torch.arange(k, device=device)
-    state = model.encode(source, source_lengths).with_beams(k)
+    # The first step decodes one row per sentence (its beams would all be the same) and
+    # grows it into K beams; from then on each sentence has K rows: R = A*1, then A*K.
+    state = model.encode(source, source_lengths)
     active = torch.arange(batch, device=device)  # sentences still searching: A of them
-    scores = torch.full((batch, k), float("-inf"), device=device)  # (A, K)
-    scores[:, 0] = 0.0  # all beams start identical: expand only the first
-    history = torch.empty(batch * k, 0, dtype=torch.long, device=device)  # (A*K, t)
-    attention = torch.empty(batch * k, 0, source_len, device=device)  # (A*K, t, S)
-    previous = torch.full((batch * k,), BOS_ID, dtype=torch.long, device=device)
+    scores = torch.zeros(batch, 1, device=device)  # (A, R/A)
+    history = torch.empty(batch, 0, dtype=torch.long, device=device)  # (R, t)
+    attention = torch.empty(batch, 0, source_len, device=device)  # (R, t, S)
+    previous = torch.full((batch,), BOS_ID, dtype=torch.long, device=device)
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
     finished_count = torch.zeros(batch, dtype=torch.long, device=device)  # (B,)
     source_length_list = source_lengths.tolist()
     in_beam = torch.arange(2 * k, device=device) < k  # (2K,): the first K candidates of each sentence
 
     for t in range(int(caps.max())):
-        logits, weights, state = model.decode_step(state, previous)  # (A*K, V), (A*K, S)
-        top_scores, rows, tokens = best_extensions(logits, scores, 2 * k)  # (A, 2K) each
+        logits, weights, state = model.decode_step(state, previous)  # (R, V), (R, S)
+        top_scores, rows, tokens = best_extensions(logits, scores, 2 * k)  # (A, 2K) each; rows into R
         is_eos = tokens == EOS_ID
         at_cap = t + 1 >= caps[active]  # (A,)
         final = in_beam & (is_eos | at_cap.unsqueeze(1))  # (A, 2K)
@@ -183,7 +184,7 @@ def best_extensions(logits: Tensor, scores: Tensor, count: int) -> tuple[Tensor,
     sentences, k = scores.shape
     log_probs = F.log_softmax(logits.float(), dim=-1)  # (A*K, V)
     vocab = log_probs.size(-1)
-    candidates = (scores.view(-1, 1) + log_probs).view(sentences, k * vocab)  # (A, K*V)
+    candidates = log_probs.add_(scores.view(-1, 1)).view(sentences, k * vocab)  # (A, K*V), in place: no second copy
     top_scores, flat = top_k(candidates, count)  # (A, count)
     rows = torch.div(flat, vocab, rounding_mode="floor") + (torch.arange(sentences, device=scores.device) * k).unsqueeze(1)
     return top_scores, rows, flat % vocab

@@ -116,8 +116,8 @@ def test_beams_share_encoder_states_and_decode_like_copied_sentences(rule):
     source, lengths = padded(SENTENCES)
     state = net.encode(source, lengths)
     previous = torch.randint(4, VOCAB, (3 * 2,))  # two different beams per sentence
-    beams = state.with_beams(2)
-    assert beams.memory is state.memory and beams.hidden.size(1) == 6
+    beams = state.select_beams(torch.arange(3).repeat_interleave(2))  # one row grows into two per sentence
+    assert beams.memory is state.memory and beams.hidden.size(1) == 6 and beams.beams == 2
     logits, weights, after = net.decode_step(beams, previous)
     copies = state.select_sentences(torch.arange(3).repeat_interleave(2))  # every beam its own memory copy
     expected_logits, expected_weights, _ = net.decode_step(copies, previous)
