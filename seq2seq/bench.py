@@ -36,7 +36,7 @@ from seq2seq.data import Batch, TranslationDataModule
 from seq2seq.errors import Seq2SeqError
 from seq2seq.evaluate import load_split, score
 from seq2seq.tokenizer import PAD_ID
-from seq2seq.train_cli import build_cli
+from seq2seq.train_cli import build_cli, cpu_has_bf16
 from seq2seq.training import TranslationModule
 from seq2seq.translate import SearchSettings, Translator
 
@@ -110,7 +110,16 @@ def matmul_gflops(dtype: torch.dtype, device: str, size: int = 2048, seconds: fl
 def native_bf16(device: str) -> bool:
     if device.startswith("cuda"):
         return torch.cuda.is_bf16_supported()
-    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return cpu_has_bf16()
+
+
+def trainable_precisions(precisions: list[str], device: str) -> list[str]:
+    """`precisions` without bf16-mixed where bf16 is emulated: it runs many times slower than
+    fp32 there (`seq2seq train` falls back to 32-true), so it would time nothing a user runs."""
+    if "bf16-mixed" not in precisions or native_bf16(device):
+        return precisions
+    print("This CPU has no bf16 instructions (AVX512-BF16 or AMX): bf16-mixed training not measured")
+    return [p for p in precisions if p != "bf16-mixed"]
 
 
 def synchronize(device: str) -> None:
@@ -275,6 +284,7 @@ def run_bench(
     check_precisions(precisions)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no per-run banners between the figures
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    precisions = trainable_precisions(precisions, device)
     results = BenchResults(machine(), {"fp32": matmul_gflops(torch.float32, device), "bf16": matmul_gflops(torch.bfloat16, device)})
     print(f"matmul peak: fp32 {results.matmul_gflops['fp32']:.0f} GFLOP/s, bf16 {results.matmul_gflops['bf16']:.0f} GFLOP/s")
 

@@ -2,7 +2,8 @@
 
 import json
 
-from seq2seq.bench import LATEST_RUN_MARKER, native_bf16, run_bench, save
+import seq2seq.bench
+from seq2seq.bench import LATEST_RUN_MARKER, native_bf16, run_bench, save, trainable_precisions
 from seq2seq.evaluate import load_split, score
 from seq2seq.translate import Translator
 from tests.conftest import TINY_CONFIG
@@ -47,3 +48,10 @@ def test_bench_measures_training_and_translation_and_writes_both_reports(tiny_ch
     rewritten = (tmp_path / "BENCH.md").read_text()
     assert rewritten.startswith(history + LATEST_RUN_MARKER) and "an older run" not in rewritten
     assert rewritten.count(LATEST_RUN_MARKER) == 1 and "| beam5 | int8 |" in rewritten
+
+
+def test_bench_skips_emulated_bf16_training(monkeypatch):
+    monkeypatch.setattr(seq2seq.bench, "cpu_has_bf16", lambda: False)
+    assert trainable_precisions(["32-true", "bf16-mixed"], "cpu") == ["32-true"]
+    monkeypatch.setattr(seq2seq.bench, "cpu_has_bf16", lambda: True)
+    assert trainable_precisions(["32-true", "bf16-mixed"], "cpu") == ["32-true", "bf16-mixed"]
