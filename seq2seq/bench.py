@@ -82,6 +82,8 @@ def machine() -> dict:
         cpu = names[0] if names else cpu
     return {
         "cpu": cpu,
+        "cpu_vector_unit": torch.backends.cpu.get_cpu_capability(),  # e.g. AVX2 or AVX512: runs differ by it
+        "cpu_native_bf16": cpu_has_bf16(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
@@ -324,7 +326,8 @@ def markdown(results: BenchResults, config: str, checkpoint: str | None, command
     lines = [
         f"## `{command}`",
         "",
-        f"{m['date']}; {m['cpu']} ({m['cpu_count']} logical CPUs, {m['torch_threads']} torch threads)"
+        f"{m['date']}; {m['cpu']} ({m['cpu_vector_unit']}, {'native' if m['cpu_native_bf16'] else 'no native'} bf16; "
+        f"{m['cpu_count']} logical CPUs, {m['torch_threads']} torch threads)"
         + (f", GPU {m['gpu']}" if m["gpu"] else "")
         + f"; torch {m['torch']}, Lightning {m['lightning']}, Python {m['python']}; config `{config}`.",
         "",

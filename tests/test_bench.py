@@ -38,9 +38,11 @@ def test_bench_measures_training_and_translation_and_writes_both_reports(tiny_ch
     assert results.translation[0].bleu == expected  # the bench scores what translate produces
 
     save(results, tmp_path / "BENCH", str(TINY_CONFIG), str(tiny_checkpoint), "seq2seq bench --config tiny")
-    assert json.loads((tmp_path / "BENCH.json").read_text())["training"][0]["steps"] == 3
+    report = json.loads((tmp_path / "BENCH.json").read_text())
+    assert report["training"][0]["steps"] == 3 and report["machine"]["cpu_native_bf16"] == native_bf16("cpu")
     markdown = (tmp_path / "BENCH.md").read_text()
     assert "| 32-true |" in markdown and "| beam5 | int8 |" in markdown
+    assert report["machine"]["cpu_vector_unit"] in markdown  # AVX2 and AVX512 runs are not comparable
 
     history = "# Benchmarks\n\nHand-written history, kept by every run.\n\n"
     (tmp_path / "BENCH.md").write_text(history + LATEST_RUN_MARKER + "\n\nan older run's figures\n")
