@@ -116,8 +116,8 @@ def beam_search(
     on, so finished hypotheses never starve the beam. A sentence is done when its best
     extension ends it and it holds `nbest` finished hypotheses (OpenNMT-py's rule: on
     Multi30k, 17 % faster than waiting for beam_size of them, BLEU within 0.01), or at
-    its length cap; done sentences leave the batch. Returns, per sentence, its `nbest`
-    hypotheses, best first.
+    its length cap; done sentences leave the batch. The vocabulary must hold 2 * beam_size
+    tokens. Returns, per sentence, its `nbest` hypotheses, best first.
     """
     batch, source_len = source.shape
     device = source.device

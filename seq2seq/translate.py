@@ -148,6 +148,11 @@ class Translator:
             raise Seq2SeqError(f"unknown precision {precision!r}: choose from {', '.join(PRECISIONS)}")
         if workers is not None and workers < 1:
             raise Seq2SeqError(f"workers must be at least 1, got {workers}")
+        if search.beam_size > 1 and 2 * search.beam_size > target_tokenizer.vocab_size:
+            raise Seq2SeqError(
+                f"beam size {search.beam_size} ranks {2 * search.beam_size} extensions of each sentence, more than the "
+                f"model's {target_tokenizer.vocab_size} target tokens: use --beam-size {target_tokenizer.vocab_size // 2} or less"
+            )
         self.workers = workers
         self.precision = precision
         self.net = quantize_int8(net.eval()) if precision == "int8" else net.eval()

@@ -103,6 +103,11 @@ def test_workers_search_whole_batches_on_their_share_of_the_threads(tiny_checkpo
     assert torch.get_num_threads() == threads  # the caller's own count is untouched
 
 
+def test_beam_wider_than_half_the_vocabulary_is_named(tiny_checkpoint):
+    with pytest.raises(Seq2SeqError, match="more than the model's 400 target tokens: use --beam-size 200 or less"):
+        Translator.from_checkpoint(tiny_checkpoint, "cpu", SearchSettings(beam_size=201))
+
+
 def test_workers_must_be_positive(tiny_checkpoint):
     with pytest.raises(Seq2SeqError, match="workers must be at least 1"):
         Translator.from_checkpoint(tiny_checkpoint, "cpu", workers=0)
