@@ -143,6 +143,18 @@ def test_beam_of_one_equals_greedy():
         torch.testing.assert_close(b.attention, g.attention)
 
 
+def test_beam_decodes_its_first_step_once_per_sentence(monkeypatch):
+    from seq2seq.search import beam_search
+
+    net = network()
+    source, lengths = padded(SENTENCES)
+    rows = []
+    decode_step = net.decode_step
+    monkeypatch.setattr(net, "decode_step", lambda state, previous: (rows.append(previous.numel()), decode_step(state, previous))[1])
+    beam_search(net, source, lengths, beam_size=4, min_length=3)
+    assert rows[0] == 3 and rows[1] == 3 * 4  # all beams start alike: one row each, then four
+
+
 def test_beam_nbest_is_sorted_sized_and_batch_independent():
     from seq2seq.search import beam_search
 
