@@ -150,7 +150,12 @@ def test_beam_decodes_its_first_step_once_per_sentence(monkeypatch):
     source, lengths = padded(SENTENCES)
     rows = []
     decode_step = net.decode_step
-    monkeypatch.setattr(net, "decode_step", lambda state, previous: (rows.append(previous.numel()), decode_step(state, previous))[1])
+
+    def counting_decode_step(state, previous):
+        rows.append(previous.numel())
+        return decode_step(state, previous)
+
+    monkeypatch.setattr(net, "decode_step", counting_decode_step)
     beam_search(net, source, lengths, beam_size=4, min_length=3)
     assert rows[0] == 3 and rows[1] == 3 * 4  # all beams start alike: one row each, then four
 
