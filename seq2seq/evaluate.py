@@ -16,6 +16,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from sacrebleu.metrics import BLEU, CHRF, TER
+from sacrebleu.metrics.bleu import BLEUScore
 
 from seq2seq.corpora import Example, open_corpus, read_lines
 from seq2seq.errors import Seq2SeqError
@@ -26,24 +27,38 @@ from seq2seq.translate import SearchSettings, Translator
 
 @dataclass
 class Score:
-    """One metric's score and its sacreBLEU signature (what makes it reproducible)."""
+    """One metric's score and its sacreBLEU signature (what makes it reproducible).
+
+    BLEU's `details` are its n-gram precisions and brevity penalty, as sacreBLEU prints
+    them: a length ratio well below 1 says the search stops too early (see `--alpha`, `--beta`).
+    """
 
     name: str
     score: float
     signature: str
+    details: str = ""
 
     def __str__(self) -> str:
-        return f"{self.name} = {self.score:.2f}  ({self.signature})"
+        return f"{self.name} = {self.score:.2f}{'  ' + self.details if self.details else ''}  ({self.signature})"
 
 
 def score(hypotheses: list[str], references: list[tuple[str, ...]]) -> list[Score]:
     """BLEU, lowercased BLEU, chrF and TER of `hypotheses` against one or more references each."""
     streams = reference_streams(references)
     metrics = {"BLEU": BLEU(), "BLEU lowercased": BLEU(lowercase=True), "chrF": CHRF(), "TER": TER()}
-    return [
-        Score(name, metric.corpus_score(hypotheses, streams).score, str(metric.get_signature()))
-        for name, metric in metrics.items()
-    ]
+    scores = []
+    for name, metric in metrics.items():
+        result = metric.corpus_score(hypotheses, streams)
+        details = bleu_details(result) if isinstance(result, BLEUScore) else ""
+        scores.append(Score(name, result.score, str(metric.get_signature()), details))
+    return scores
+
+
+def bleu_details(result: BLEUScore) -> str:
+    """`67.1/42.6/29.3/20.0 (BP = 0.920 ratio = 0.923 hyp_len = 11836 ref_len = 12825)`."""
+    precisions = "/".join(f"{p:.1f}" for p in result.precisions)
+    ratio = result.sys_len / max(result.ref_len, 1)
+    return f"{precisions} (BP = {result.bp:.3f} ratio = {ratio:.3f} hyp_len = {result.sys_len} ref_len = {result.ref_len})"
 
 
 def score_files(hypothesis_file: str | Path, reference_files: list[str | Path]) -> list[Score]:

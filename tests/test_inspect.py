@@ -75,6 +75,10 @@ def test_scoring_files_equals_the_sacrebleu_api(references):
         assert scores[name].score == pytest.approx(metric.corpus_score(hypotheses, streams).score, abs=1e-9)
         assert scores[name].signature == str(metric.get_signature())
     assert f"nrefs:{len(references)}" in scores["BLEU"].signature
+    bleu = BLEU().corpus_score(hypotheses, streams)
+    ratio = f"ratio = {bleu.sys_len / bleu.ref_len:.3f} hyp_len = {bleu.sys_len} ref_len = {bleu.ref_len}"
+    assert scores["BLEU"].details.startswith(f"{bleu.precisions[0]:.1f}/") and ratio in scores["BLEU"].details
+    assert scores["chrF"].details == ""
 
 
 def test_evaluate_command_scores_files(capsys):
