@@ -99,6 +99,8 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="sentences decoded together")
     parser.add_argument("--beam-size", type=int, default=1, help="1: greedy search (default); more: beam search")
     parser.add_argument("--alpha", type=float, default=0.6, help="beam search length penalty (GNMT); 0: none")
+    parser.add_argument("--beta", type=float, default=0.3,
+                        help="beam search coverage penalty (GNMT): against dropped source words; 0: none")
     parser.add_argument("--max-length-ratio", type=float, help="output cap in tokens per source token (default: the training setting)")
     parser.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
                         help="int8: dynamic quantization, faster on CPUs; bf16: autocast, for GPUs")
@@ -109,7 +111,7 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
 def search_settings(args: argparse.Namespace) -> SearchSettings:
     from seq2seq.translate import SearchSettings
 
-    return SearchSettings(args.beam_size, args.alpha, getattr(args, "nbest", 1), args.max_length_ratio)
+    return SearchSettings(args.beam_size, args.alpha, args.beta, getattr(args, "nbest", 1), args.max_length_ratio)
 
 
 def run_translate(args: argparse.Namespace) -> None:

@@ -123,7 +123,7 @@ class Report:
             f"# Evaluation of `{self.checkpoint}`",
             "",
             f"Corpus {corpus.get('corpus')} {corpus.get('source_lang')}→{corpus.get('target_lang')}; "
-            f"search {self.search['name']} (beam size {self.search['beam_size']}, alpha {self.search['alpha']}, "
+            f"search {self.search['name']} (beam size {self.search['beam_size']}, alpha {self.search['alpha']}, beta {self.search['beta']}, "
             f"max length ratio {self.search['max_length_ratio']}, {self.search['precision']}); {self.date}; "
             + ", ".join(f"{name} {v}" for name, v in self.software.items()),
             "",

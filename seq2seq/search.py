@@ -21,8 +21,8 @@ class Hypothesis:
 
     Attributes:
         tokens: target ids without bos/eos.
-        score: what the search ranked by: the log-probability, divided by the length
-            penalty in beam search.
+        score: what the search ranked by: the log-probability; in beam search divided by
+            the length penalty, plus the coverage penalty.
         log_probability: sum of the log-probabilities of the tokens and the final eos.
         attention: (steps, S) weights over the source, one row per generated token
             (the eos included when produced), S the unpadded source length.
@@ -98,6 +98,17 @@ def length_penalty(length: int, alpha: float) -> float:
     return ((5 + length) / 6) ** alpha
 
 
+def coverage_penalty(coverage: Tensor, beta: float) -> Tensor:
+    """GNMT's coverage penalty beta * sum_s log(min(coverage_s, 1)), (R,) from (R, S).
+
+    coverage_s is the attention a hypothesis has paid source token s so far. The penalty
+    is 0 once every token has had a full share and falls for each token left unread, the
+    mark of a dropped phrase. Coverage is floored at 1e-6 so that an unread token costs
+    a finite 13.8 * beta (and beta 0 costs nothing).
+    """
+    return beta * coverage.clamp(min=1e-6, max=1.0).log().sum(-1)
+
+
 @torch.no_grad()
 def beam_search(
     model: torch.nn.Module,
@@ -105,6 +116,7 @@ def beam_search(
     source_lengths: Tensor,
     beam_size: int = 5,
     alpha: float = 0.6,
+    beta: float = 0.3,
     nbest: int = 1,
     max_length_ratio: float = 2.0,
     min_length: int = 10,
@@ -118,6 +130,11 @@ def beam_search(
     Multi30k, 17 % faster than waiting for beam_size of them, BLEU within 0.01), or at
     its length cap; done sentences leave the batch. The vocabulary must hold 2 * beam_size
     tokens. Returns, per sentence, its `nbest` hypotheses, best first.
+
+    Hypotheses rank by log-probability / length penalty (`alpha`) + coverage penalty
+    (`beta`), at every step (OpenNMT-py's stepwise penalty): left to log-probability
+    alone, a beam drops source phrases and stops early (on Multi30k, beam 5 output was
+    8 % shorter than the references where greedy output was 1 % shorter).
     """
     batch, source_len = source.shape
     device = source.device
@@ -135,11 +152,20 @@ def beam_search(
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
     finished_count = torch.zeros(batch, dtype=torch.long, device=device)  # (B,)
     source_length_list = source_lengths.tolist()
+    coverage = (torch.arange(source_len, device=device) >= source_lengths.unsqueeze(1)).float()  # (R, S); padding counts as read
     in_beam = torch.arange(2 * k, device=device) < k  # (2K,): the first K candidates of each sentence
 
     for t in range(int(caps.max())):
         logits, weights, state = model.decode_step(state, previous)  # (R, V), (R, S)
-        top_scores, rows, tokens = best_extensions(logits, scores, 2 * k)  # (A, 2K) each; rows into R
+        # Every extension of a row shares its coverage, and every extension of this step
+        # its length: ranking by log-probability + length penalty * coverage penalty is
+        # ranking by log-probability / length penalty + coverage penalty.
+        covered = coverage + weights.float()  # (R, S)
+        penalty = length_penalty(t + 1, alpha)
+        row_coverage = coverage_penalty(covered, beta)  # (R,)
+        row_bonus = penalty * row_coverage
+        ranked, rows, tokens = best_extensions(logits, scores + row_bonus.view_as(scores), 2 * k)  # (A, 2K) each; rows into R
+        top_scores = ranked - row_bonus[rows]  # their log-probabilities
         is_eos = tokens == EOS_ID
         at_cap = t + 1 >= caps[active]  # (A,)
         final = in_beam & (is_eos | at_cap.unsqueeze(1))  # (A, 2K)
@@ -148,19 +174,21 @@ def beam_search(
             final_rows, sentences = rows[a, j], active[a]
             steps = torch.cat((history[final_rows], tokens[a, j].unsqueeze(1)), dim=1)  # (F, t+1)
             steps_attention = torch.cat((attention[final_rows], weights[final_rows].float().unsqueeze(1)), dim=1)
-            penalty = length_penalty(t + 1, alpha)
+            final_coverage = row_coverage[final_rows].tolist()
             for f, (sentence, log_probability) in enumerate(zip(sentences.tolist(), top_scores[a, j].tolist())):
                 source_length = source_length_list[sentence]
-                hypothesis = _hypothesis(steps[f], steps_attention[f, :, :source_length], log_probability, log_probability / penalty)
+                score = log_probability / penalty + final_coverage[f]
+                hypothesis = _hypothesis(steps[f], steps_attention[f, :, :source_length], log_probability, score)
                 finished[sentence].append(hypothesis)
             finished_count.index_add_(0, sentences, torch.ones_like(sentences))
 
-        next_scores, pick = top_scores.masked_fill(is_eos, float("-inf")).topk(k, dim=-1)  # (A, K)
+        pick = ranked.masked_fill(is_eos, float("-inf")).topk(k, dim=-1).indices  # (A, K)
+        next_scores = top_scores.gather(1, pick)
         next_rows = rows.gather(1, pick).flatten()  # (A*K,)
         previous = tokens.gather(1, pick).flatten()  # (A*K,)
         history = torch.cat((history[next_rows], previous.unsqueeze(1)), dim=1)
         attention = torch.cat((attention[next_rows], weights[next_rows].float().unsqueeze(1)), dim=1)
-        state, scores = state.select_beams(next_rows), next_scores
+        state, scores, coverage = state.select_beams(next_rows), next_scores, covered[next_rows]
 
         done = at_cap | (final[:, 0] & (finished_count[active] >= nbest))  # (A,)
         if done.any():
@@ -170,7 +198,7 @@ def beam_search(
             keep_rows = (keep.unsqueeze(1) * k + beams).flatten()
             active, scores = active[keep], scores[keep]
             state, previous = state.select_sentences(keep), previous[keep_rows]
-            history, attention = history[keep_rows], attention[keep_rows]
+            history, attention, coverage = history[keep_rows], attention[keep_rows], coverage[keep_rows]
     return [sorted(hypotheses, key=lambda h: -h.score)[:nbest] for hypotheses in finished]
 
 

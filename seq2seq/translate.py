@@ -83,6 +83,8 @@ class SearchSettings:
     Attributes:
         beam_size: hypotheses kept per sentence (1: greedy).
         alpha: GNMT length penalty of beam search (0: rank by log-probability alone).
+        beta: GNMT coverage penalty of beam search (0: none); 0.3 was best of 0-0.5 on
+            Multi30k validation.
         nbest: hypotheses returned per sentence, best first (at most `beam_size`).
         max_length_ratio: output cap in target tokens per source token; None: the
             checkpoint's training setting.
@@ -90,6 +92,7 @@ class SearchSettings:
 
     beam_size: int = 1
     alpha: float = 0.6
+    beta: float = 0.3
     nbest: int = 1
     max_length_ratio: float | None = None
 
@@ -98,6 +101,8 @@ class SearchSettings:
             raise Seq2SeqError(f"beam size must be at least 1, got {self.beam_size}")
         if not 1 <= self.nbest <= self.beam_size:
             raise Seq2SeqError(f"--nbest {self.nbest} needs a beam at least as wide: use --beam-size {max(self.nbest, 1)} or more")
+        if self.beta < 0:
+            raise Seq2SeqError(f"a negative coverage penalty would reward dropping source words: use --beta 0 or more, got {self.beta}")
         if self.max_length_ratio is not None and self.max_length_ratio <= 0:
             raise Seq2SeqError(f"max length ratio must be positive, got {self.max_length_ratio}")
 
@@ -270,7 +275,7 @@ class Translator:
             return [[h] for h in greedy_search(self.net, source, lengths, self.max_length_ratio)]
         settings = self.search
         return beam_search(
-            self.net, source, lengths, settings.beam_size, settings.alpha, settings.nbest, self.max_length_ratio
+            self.net, source, lengths, settings.beam_size, settings.alpha, settings.beta, settings.nbest, self.max_length_ratio
         )
 
     def source_pieces(self, translation: Translation) -> list[str]:

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from seq2seq.errors import Seq2SeqError
-from seq2seq.search import beam_search, greedy_search, top_k
+from seq2seq.search import beam_search, coverage_penalty, greedy_search, top_k
+from seq2seq.tokenizer import BOS_ID, EOS_ID
 from seq2seq.translate import SearchSettings, Translator
 
 
@@ -64,7 +65,7 @@ def test_max_length_ratio_caps_the_output(tiny_checkpoint, sentences):
 
 @pytest.mark.parametrize(
     ("settings", "message"),
-    [({"beam_size": 0}, "beam size must be at least 1"), ({"beam_size": 2, "nbest": 3}, "--beam-size 3"), ({"max_length_ratio": -1}, "positive")],
+    [({"beam_size": 0}, "beam size must be at least 1"), ({"beam_size": 2, "nbest": 3}, "--beam-size 3"), ({"max_length_ratio": -1}, "positive"), ({"beta": -0.1}, "--beta 0 or more")],
 )
 def test_bad_search_settings_are_named(settings, message):
     with pytest.raises(Seq2SeqError, match=message):
@@ -122,3 +123,52 @@ def test_top_k_by_chunks_finds_what_topk_finds(rows, length, count):
     assert torch.equal(top, values.topk(count, dim=-1).values)
     assert torch.equal(values.gather(1, positions), top)
     assert all(len(set(row)) == count for row in positions.tolist())  # no position twice
+
+
+def test_coverage_penalty_counts_only_source_tokens_left_unread():
+    coverage = torch.tensor([[1.0, 2.5, 1.0], [0.5, 1.0, 1.0], [0.0, 1.0, 1.0]])
+    penalty = coverage_penalty(coverage, beta=0.2)
+    assert penalty[0] == 0  # every token read: no penalty, however much attention beyond a full share
+    assert penalty[1] == pytest.approx(0.2 * torch.tensor(0.5).log())
+    assert penalty[2] < penalty[1] and torch.isfinite(penalty[2])  # unread costs most, but stays comparable
+    assert torch.equal(coverage_penalty(coverage, beta=0.0), torch.zeros(3))
+
+
+class ScriptedDecoder(torch.nn.Module):
+    """A two-token source and a decoder that reads it one of two ways.
+
+    After bos (reading source token 0) it says A (probability 0.5) or B (0.4). After A it
+    reads token 0 again, after B token 1, and then ends (eos, 0.9) either way: "A" is the
+    likelier output, "B" the one that read the whole source.
+    """
+
+    A, B, VOCAB = 5, 6, 12
+
+    class State:
+        def select_sentences(self, indices):
+            return self
+
+        def select_beams(self, rows):
+            return self
+
+    def encode(self, source, source_lengths):
+        return self.State()
+
+    def decode_step(self, state, previous):
+        first = previous == BOS_ID
+        probabilities = torch.where(first, 0.1 / 10, 0.1 / 11).unsqueeze(1).repeat(1, self.VOCAB)  # rows sum to 1
+        weights = torch.zeros(previous.numel(), 2)
+        probabilities[first, self.A], probabilities[first, self.B] = 0.5, 0.4
+        probabilities[~first, EOS_ID] = 0.9
+        weights[:, 0] = (previous != self.B).float()
+        weights[:, 1] = (previous == self.B).float()
+        return probabilities.log(), weights, state
+
+
+def test_coverage_penalty_prefers_the_hypothesis_that_read_the_whole_source():
+    source, lengths = torch.tensor([[7, EOS_ID]]), torch.tensor([2])
+    likeliest = beam_search(ScriptedDecoder(), source, lengths, beam_size=2, alpha=0.6, beta=0.0)
+    covering = beam_search(ScriptedDecoder(), source, lengths, beam_size=2, alpha=0.6, beta=0.3)
+    assert likeliest[0][0].tokens == [ScriptedDecoder.A]
+    assert covering[0][0].tokens == [ScriptedDecoder.B]
+    assert covering[0][0].log_probability == pytest.approx(float(torch.tensor(0.4 * 0.9).log()), abs=1e-5)
