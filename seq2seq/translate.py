@@ -83,8 +83,8 @@ class SearchSettings:
     Attributes:
         beam_size: hypotheses kept per sentence (1: greedy).
         alpha: GNMT length penalty of beam search (0: rank by log-probability alone).
-        beta: GNMT coverage penalty of beam search (0: none); 0.3 was best of 0-0.5 on
-            Multi30k validation.
+        beta: GNMT coverage penalty of beam search (0: none); 0.3 was the best of 0-0.4 on
+            Multi30k and Tatoeba validation (BENCHMARKS.md).
         nbest: hypotheses returned per sentence, best first (at most `beam_size`).
         max_length_ratio: output cap in target tokens per source token; None: the
             checkpoint's training setting.
