@@ -21,7 +21,6 @@ from sacrebleu.metrics.bleu import BLEUScore
 from seq2seq.corpora import Example, open_corpus, read_lines
 from seq2seq.errors import Seq2SeqError
 from seq2seq.atomic import write_lines
-from seq2seq.training import reference_streams
 from seq2seq.translate import SearchSettings, Translator
 
 
@@ -183,3 +182,9 @@ def evaluate_checkpoint(
     )
     report.save(checkpoint.with_name(f"{prefix}.report"))
     return report
+
+
+def reference_streams(references: list[tuple[str, ...]]) -> list[list[str | None]]:
+    """sacreBLEU's layout: one stream per reference rank, None where a sentence has fewer."""
+    width = max((len(r) for r in references), default=1)
+    return [[r[k] if k < len(r) else None for r in references] for k in range(width)]

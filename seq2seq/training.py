@@ -24,8 +24,9 @@ from seq2seq.loss import smoothed_cross_entropy
 from seq2seq.model import ModelConfig, Seq2Seq
 from seq2seq.search import greedy_search
 from seq2seq.tokenizer import PAD_ID
+from seq2seq.evaluate import reference_streams
+from seq2seq.translate import CHECKPOINT_FORMAT
 
-CHECKPOINT_FORMAT = 1
 T = TypeVar("T")
 
 
@@ -248,9 +249,3 @@ def set_rng_states(states: dict) -> None:
 def corpus_bleu(hypotheses: list[str], references: list[tuple[str, ...]]) -> sacrebleu.metrics.bleu.BLEUScore:
     """Detokenized sacreBLEU with any number of references per sentence."""
     return sacrebleu.corpus_bleu(hypotheses, reference_streams(references))
-
-
-def reference_streams(references: list[tuple[str, ...]]) -> list[list[str | None]]:
-    """sacreBLEU's layout: one stream per reference rank, None where a sentence has fewer."""
-    width = max((len(r) for r in references), default=1)
-    return [[r[k] if k < len(r) else None for r in references] for k in range(width)]

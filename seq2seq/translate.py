@@ -21,7 +21,8 @@ from seq2seq.errors import Seq2SeqError
 from seq2seq.model import ModelConfig, Seq2Seq
 from seq2seq.search import Hypothesis, beam_search, greedy_search
 from seq2seq.tokenizer import EOS_ID, MAX_PIECE_LENGTH, Tokenizer
-from seq2seq.training import CHECKPOINT_FORMAT
+
+CHECKPOINT_FORMAT = 1  # the version of the `seq2seq` section that training writes and this module reads
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -111,6 +112,19 @@ class SearchSettings:
         return "greedy" if self.beam_size == 1 else f"beam{self.beam_size}"
 
 
+@dataclass(frozen=True)
+class EncodedLine:
+    """A source line as the model reads it.
+
+    Attributes:
+        ids: subword ids + eos, [] for a blank line.
+        truncated: the line was longer than the model reads: only its beginning is translated.
+    """
+
+    ids: list[int]
+    truncated: bool = False
+
+
 @dataclass
 class Translation:
     """A translated line with what produced it (for inspection).
@@ -122,6 +136,7 @@ class Translation:
     texts: list[str]
     hypotheses: list[Hypothesis]
     source_ids: list[int]
+    truncated: bool = False
 
     @property
     def text(self) -> str:
@@ -153,19 +168,32 @@ class Translator:
             raise Seq2SeqError(f"unknown precision {precision!r}: choose from {', '.join(PRECISIONS)}")
         if workers is not None and workers < 1:
             raise Seq2SeqError(f"workers must be at least 1, got {workers}")
-        if search.beam_size > 1 and 2 * search.beam_size > target_tokenizer.vocab_size:
-            raise Seq2SeqError(
-                f"beam size {search.beam_size} ranks {2 * search.beam_size} extensions of each sentence, more than the "
-                f"model's {target_tokenizer.vocab_size} target tokens: use --beam-size {target_tokenizer.vocab_size // 2} or less"
-            )
         self.workers = workers
         self.precision = precision
         self.net = quantize_int8(net.eval()) if precision == "int8" else net.eval()
         self.source_tokenizer = source_tokenizer
         self.target_tokenizer = target_tokenizer
         self.corpus = corpus or {}
+        self.training_max_length_ratio = max_length_ratio
+        self.check_search(search)
         self.search = search
-        self.max_length_ratio = search.max_length_ratio or max_length_ratio
+
+    @property
+    def max_beam_size(self) -> int:
+        """The widest beam this model allows: the first step ranks 2 x beam of its target tokens."""
+        return self.target_tokenizer.vocab_size // 2
+
+    def check_search(self, search: SearchSettings) -> None:
+        if search.beam_size > 1 and search.beam_size > self.max_beam_size:
+            raise Seq2SeqError(
+                f"beam size {search.beam_size} ranks {2 * search.beam_size} extensions of each sentence, more than the "
+                f"model's {self.target_tokenizer.vocab_size} target tokens: use --beam-size {self.max_beam_size} or less"
+            )
+
+    @property
+    def max_length_ratio(self) -> float:
+        """The output cap of the default search (its own, else the training setting)."""
+        return self.search.max_length_ratio or self.training_max_length_ratio
 
     @property
     def device(self) -> torch.device:
@@ -208,74 +236,96 @@ class Translator:
         return [t.text for t in self.translate_detailed(lines, batch_size)]
 
     def translate_detailed(
-        self, lines: Sequence[str], batch_size: int = 64, progress: Callable[[int], None] | None = None
+        self,
+        lines: Sequence[str],
+        batch_size: int = 64,
+        progress: Callable[[int], None] | None = None,
+        search: SearchSettings | None = None,
+    ) -> list[Translation]:
+        """Translations in input order (see `translate_encoded`)."""
+        return self.translate_encoded(self.encode(lines), batch_size, progress, search)
+
+    def translate_encoded(
+        self,
+        sources: Sequence[EncodedLine],
+        batch_size: int = 64,
+        progress: Callable[[int], None] | None = None,
+        search: SearchSettings | None = None,
     ) -> list[Translation]:
         """Translations in input order; batches are cut from length-sorted sentences (less padding).
 
         `progress`, when given, is called with the number of lines done after each batch.
+        `search` replaces the translator's own settings for this call (a server's per-request
+        settings); the network and its weights are shared.
         """
         if batch_size < 1:
             raise Seq2SeqError(f"batch size must be at least 1, got {batch_size}")
-        source_ids = self._encode(lines)
-        nbests: list[list[Hypothesis]] = [[] for _ in lines]
-        order = sorted((i for i, ids in enumerate(source_ids) if ids), key=lambda i: len(source_ids[i]))
+        search = search or self.search
+        self.check_search(search)
+        nbests: list[list[Hypothesis]] = [[] for _ in sources]
+        order = sorted((i for i, line in enumerate(sources) if line.ids), key=lambda i: len(sources[i].ids))
         if progress:
-            progress(len(lines) - len(order))  # blank lines need no search
+            progress(len(sources) - len(order))  # blank lines need no search
         chunks = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-        for chunk, results in zip(chunks, self._search_all([[source_ids[i] for i in chunk] for chunk in chunks])):
+        batches = [[sources[i].ids for i in chunk] for chunk in chunks]
+        for chunk, results in zip(chunks, self._search_all(batches, search)):
             for index, nbest in zip(chunk, results):
                 nbests[index] = nbest
             if progress:
                 progress(len(chunk))
         texts = iter(self.target_tokenizer.decode([h.tokens for nbest in nbests for h in nbest]))  # one call for all
-        return [Translation([next(texts) for _ in nbest], nbest, ids) for nbest, ids in zip(nbests, source_ids)]
+        return [
+            Translation([next(texts) for _ in nbest], nbest, line.ids, line.truncated)
+            for nbest, line in zip(nbests, sources)
+        ]
 
-    def _encode(self, lines: Sequence[str]) -> list[list[int]]:
+    def encode(self, lines: Sequence[str], warn: bool = True) -> list[EncodedLine]:
         """Source ids + eos per line ([] for blank lines), cut to what the model can attend to.
 
         A line is cut to a few pieces' worth of characters before tokenizing, so a huge
-        line costs bounded memory and time.
+        line costs bounded memory and time. `warn`: a warning names each line that was cut.
         """
         limit = self.net.config.max_source_length - 1
         characters = limit * MAX_PIECE_LENGTH
         encoded = self.source_tokenizer.encode([" ".join(line[: characters * 2].split())[:characters] for line in lines])
+        results = []
         for number, (line, ids) in enumerate(zip(lines, encoded), start=1):
-            if len(ids) > limit or len(line) > characters * 2:
+            truncated = len(ids) > limit or len(line) > characters * 2
+            if truncated and warn:
                 warnings.warn(f"input line {number} is longer than {limit} tokens: only its beginning is translated")
-        return [ids[:limit] + [EOS_ID] if ids else [] for ids in encoded]
+            results.append(EncodedLine(ids[:limit] + [EOS_ID] if ids else [], truncated))
+        return results
 
-    def _search_all(self, batches: list[list[list[int]]]) -> Iterator[list[list[Hypothesis]]]:
+    def _search_all(self, batches: list[list[list[int]]], search: SearchSettings) -> Iterator[list[list[Hypothesis]]]:
         """`_search` of each batch, in order; on a CPU, several batches at a time.
 
         At this model's matrix sizes torch gains little from a second thread inside one
-        search, so each worker thread searches whole batches on its share of the threads:
-        on the 2-core CPU, two single-threaded workers translate 1,000 sentences greedily in
-        int8 at about 905 sentences/s against 605-703 for one search on two threads.
+        search, so each worker thread searches whole batches on its share of the threads.
         """
         workers = min(len(batches), self.worker_count)
         if workers <= 1:
-            yield from map(self._search, batches)
+            yield from (self._search(batch, search) for batch in batches)
             return
         threads = max(1, torch.get_num_threads() // workers)  # set per worker thread: OpenMP's count is per thread
         with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(threads,)) as pool:
-            yield from pool.map(self._search, batches)
+            yield from pool.map(self._search, batches, [search] * len(batches))
 
     @torch.no_grad()
-    def _search(self, batch_ids: list[list[int]]) -> list[list[Hypothesis]]:
+    def _search(self, batch_ids: list[list[int]], search: SearchSettings) -> list[list[Hypothesis]]:
         lengths = torch.tensor([len(ids) for ids in batch_ids])
         source = torch.zeros(len(batch_ids), int(lengths.max()), dtype=torch.long)  # (B, S), PAD_ID = 0
         for row, ids in enumerate(batch_ids):
             source[row, : len(ids)] = torch.tensor(ids)
         source, lengths = source.to(self.device), lengths.to(self.device)
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == "bf16"):
-            return self._run_search(source, lengths)
+            return self._run_search(source, lengths, search)
 
-    def _run_search(self, source: torch.Tensor, lengths: torch.Tensor) -> list[list[Hypothesis]]:
-        if self.search.beam_size == 1:
-            return [[h] for h in greedy_search(self.net, source, lengths, self.max_length_ratio)]
-        settings = self.search
+    def _run_search(self, source: torch.Tensor, lengths: torch.Tensor, search: SearchSettings) -> list[list[Hypothesis]]:
+        max_length_ratio = search.max_length_ratio or self.training_max_length_ratio
+        if search.beam_size == 1:
+            return [[h] for h in greedy_search(self.net, source, lengths, max_length_ratio)]
         return beam_search(
-            self.net, source, lengths, settings.beam_size, settings.alpha, settings.beta, settings.nbest, self.max_length_ratio
+            self.net, source, lengths, search.beam_size, search.alpha, search.beta, search.nbest, max_length_ratio
         )
 
     def source_pieces(self, translation: Translation) -> list[str]:

@@ -23,7 +23,7 @@ def sentences(data_dir, mirror) -> list[str]:
 
 def test_beam_of_one_is_greedy_search_on_a_trained_model(tiny_checkpoint, sentences):
     translator = Translator.from_checkpoint(tiny_checkpoint)
-    source_ids = translator._encode(sentences)
+    source_ids = [line.ids for line in translator.encode(sentences)]
     lengths = torch.tensor([len(ids) for ids in source_ids])
     source = torch.nn.utils.rnn.pad_sequence([torch.tensor(ids) for ids in source_ids], batch_first=True)
     greedy = greedy_search(translator.net, source, lengths, translator.max_length_ratio)
