@@ -10,7 +10,7 @@ DEVICES ?=
 CKPT    ?= $(shell ls -t checkpoints/*/best.ckpt 2>/dev/null | head -n 1)
 BIN      = $(VENV)/bin
 
-.PHONY: setup train translate evaluate test bench clean
+.PHONY: setup train translate evaluate serve test bench clean
 
 setup: $(VENV)/.installed
 
@@ -32,6 +32,11 @@ translate: setup
 evaluate: setup
 	@test -n "$(CKPT)" || { echo "No checkpoint found: run 'make train' first or pass CKPT=path" >&2; exit 1; }
 	$(BIN)/seq2seq evaluate --checkpoint $(CKPT) $(ARGS)
+
+# http://127.0.0.1:8000/ (the page), /docs (the API); ARGS="--port 9000 --api-key KEY --beam-size 5"
+serve: setup
+	@test -n "$(CKPT)" || { echo "No checkpoint found: run 'make train' first or pass CKPT=path" >&2; exit 1; }
+	$(BIN)/seq2seq serve --checkpoint $(CKPT) $(ARGS)
 
 test: setup
 	$(BIN)/python -m pytest $(ARGS)

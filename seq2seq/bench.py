@@ -36,7 +36,7 @@ from seq2seq.data import Batch, TranslationDataModule
 from seq2seq.errors import Seq2SeqError
 from seq2seq.evaluate import load_split, score
 from seq2seq.tokenizer import PAD_ID
-from seq2seq.train_cli import build_cli, cpu_has_bf16
+from seq2seq.train_cli import TrainingCLI, build_cli, cpu_has_bf16, run_folder
 from seq2seq.training import TranslationModule
 from seq2seq.translate import SearchSettings, Translator
 
@@ -319,7 +319,7 @@ def run_bench(
     batch = next(iter(cli.datamodule.train_dataloader()))
     results.flops_per_target_token = flops_per_target_token(module.cpu(), batch)
 
-    checkpoint = checkpoint or str(Path(cli.config.checkpoint_dir) / cli.config.run_name / "best.ckpt")
+    checkpoint = checkpoint or config_checkpoint(cli)
     if not Path(checkpoint).is_file():
         print(f"No checkpoint {checkpoint}: translation not measured (train one: make train CONFIG={config})")
         return results
@@ -336,6 +336,15 @@ def run_bench(
             results.latency_ms[name] = latency_ms(translator, [e.source for e in split[:latency_sentences]])
             print(f"translation {name}: {figures.sentences_per_second:,.0f} sentences/s, BLEU {figures.bleu:.2f}")
     return results
+
+
+def config_checkpoint(cli: TrainingCLI) -> str:
+    """The best checkpoint `make train CONFIG=...` leaves for this config."""
+    return str(Path(run_folder(cli.config.checkpoint_dir, cli.config.run_name)) / "best.ckpt")
+
+
+def default_checkpoint(config: str) -> str:
+    return config_checkpoint(build_cli(["--config", config, "--trainer.logger", "false"]))
 
 
 def markdown(results: BenchResults, config: str, checkpoint: str | None, command: str) -> str:
@@ -385,12 +394,14 @@ def save(results: BenchResults, output: Path, config: str, checkpoint: str | Non
     """`<output>.md` (a summary to read) and `<output>.json` (every figure).
 
     The markdown keeps whatever precedes `LATEST_RUN_MARKER` (the curated history of
-    figures, before and after each change) and replaces what follows with this run.
+    figures, before and after each change) and replaces what follows with this run; the
+    JSON keeps the `serve` entry of `seq2seq bench --serve`.
     """
-    summary = output.with_suffix(".md")
+    summary, figures = output.with_suffix(".md"), output.with_suffix(".json")
     kept = summary.read_text().split(LATEST_RUN_MARKER)[0] if summary.is_file() else ""
     write_lines(summary, [kept + LATEST_RUN_MARKER, "", markdown(results, config, checkpoint, command)])
-    write_lines(output.with_suffix(".json"), [json.dumps(asdict(results), indent=2)])
+    serve = json.loads(figures.read_text()).get("serve") if figures.is_file() else None  # `seq2seq bench --serve`'s
+    write_lines(figures, [json.dumps({**asdict(results), **({"serve": serve} if serve else {})}, indent=2)])
 
 
 def check_precisions(precisions: list[str]) -> None:

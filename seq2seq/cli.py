@@ -6,7 +6,8 @@
     seq2seq evaluate --hyp FILE --ref FILE [--ref FILE ...]
     seq2seq average --output CKPT CKPT1 CKPT2 ...
     seq2seq plot RUN_DIR
-    seq2seq bench [--config configs/bench-multi30k-en-de.yaml]
+    seq2seq bench [--config configs/bench-multi30k-en-de.yaml] [--serve]
+    seq2seq serve --checkpoint CKPT [--checkpoint CKPT2 ...] [--port 8000] [--api-key KEY]
 
 Errors a user can cause become one line on stderr and exit status 1.
 """
@@ -14,6 +15,8 @@ Errors a user can cause become one line on stderr and exit status 1.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -60,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "N lines per input line, each LINE_NUMBER<TAB>TRANSLATION, best first")
     translate.add_argument("--scores", action="store_true", help="append <TAB>log-probability to every output line")
     translate.add_argument("--attention", metavar="DIR", help="write a heatmap PNG of the attention per sentence (DIR/000001.png, ...)")
+    add_batch_size_argument(translate)
     add_search_arguments(translate)
     translate.set_defaults(run=run_translate)
 
@@ -69,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--mirror", help="folder to copy corpus files from (default: $SEQ2SEQ_DATA_MIRROR)")
     evaluate.add_argument("--hyp", help="score this file of translations instead of a checkpoint (with --ref)")
     evaluate.add_argument("--ref", action="append", default=[], help="reference file for --hyp; repeat for more references")
+    add_batch_size_argument(evaluate)
     add_search_arguments(evaluate)
     evaluate.set_defaults(run=run_evaluate)
 
@@ -91,12 +96,48 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--sentences", type=int, default=1000, help="test sentences translated")
     bench.add_argument("--mirror", help="folder to copy corpus files from (default: $SEQ2SEQ_DATA_MIRROR)")
     bench.add_argument("--output", default="BENCHMARKS", help="writes OUTPUT.md and OUTPUT.json")
+    bench.add_argument("--serve", action="store_true",
+                       help="measure `seq2seq serve` instead: concurrent clients, batching on and off (its own section)")
+    bench.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64], help="with --serve: client counts")
+    bench.add_argument("--time-limit", type=float, default=60.0, help="with --serve: most seconds per client count and side")
     bench.set_defaults(run=run_bench)
+
+    serve = commands.add_parser("serve", help="serve translations over HTTP (own API, LibreTranslate's, OpenNMT-py's; a page at /)")
+    serve.add_argument("--checkpoint", action="append", required=True,
+                       help="a .ckpt written by seq2seq train; repeat it to serve one model per language pair")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on")
+    serve.add_argument("--api-key", default=os.environ.get("SEQ2SEQ_API_KEY"),
+                       help="require this key (Authorization: Bearer KEY) on every route but /health and the page "
+                            "(default: $SEQ2SEQ_API_KEY; none: open)")
+    serve.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    serve.add_argument("--access-log", action="store_true", help="log every request (uvicorn's access log)")
+    add_search_arguments(serve)
+    add_limit_arguments(serve)
+    serve.set_defaults(run=run_serve)
     return parser
 
 
-def add_search_arguments(parser: argparse.ArgumentParser) -> None:
+def add_batch_size_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="sentences decoded together")
+
+
+def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
+    """One option per `ServeLimits` field, with its default from there."""
+    from seq2seq.serving.limits import ServeLimits
+
+    limits = parser.add_argument_group("limits and batching (see ServeLimits)")
+    for field in dataclasses.fields(ServeLimits):
+        if field.name == "batching":
+            limits.add_argument("--no-batching", dest="batching", action="store_false",
+                                help="translate one request at a time (the load benchmark's baseline)")
+        else:
+            kind = {"int": int, "float": float}[str(field.type)]
+            limits.add_argument(f"--{field.name.replace('_', '-')}", type=kind, default=field.default,
+                                help=f"{field.metadata['help']} (default {field.default:,})")
+
+
+def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--beam-size", type=int, default=1, help="1: greedy search (default); more: beam search")
     parser.add_argument("--alpha", type=float, default=0.6, help="beam search length penalty (GNMT); 0: none")
     parser.add_argument("--beta", type=float, default=0.3,
@@ -234,12 +275,34 @@ def run_plot(args: argparse.Namespace) -> None:
     print(f"Wrote {output}")
 
 
+def run_serve(args: argparse.Namespace) -> None:
+    from seq2seq.serving.limits import ServeLimits
+    from seq2seq.serving.server import serve
+
+    limits = ServeLimits(**{field.name: getattr(args, field.name) for field in dataclasses.fields(ServeLimits)})
+    serve(args.checkpoint, args.host, args.port, args.api_key, search_settings(args), args.precision, limits,
+          args.device, args.workers, args.access_log)
+
+
 def run_bench(args: argparse.Namespace) -> None:
+    command = "seq2seq bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "seq2seq bench"
+    if args.serve:
+        run_serve_bench(args, command.strip())
+        return
     from seq2seq.bench import run_bench, save
 
     results = run_bench(
         args.config, args.checkpoint, args.precision, args.warmup_steps, args.steps, sentences=args.sentences, mirror=args.mirror
     )
-    command = "seq2seq bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "seq2seq bench"
     save(results, Path(args.output), args.config, args.checkpoint, command.strip())
     print(f"Wrote {args.output}.md and {args.output}.json")
+
+
+def run_serve_bench(args: argparse.Namespace, command: str) -> None:
+    from seq2seq.bench import default_checkpoint
+    from seq2seq.serving.loadtest import run_serve_bench, save
+
+    checkpoint = args.checkpoint or default_checkpoint(args.config)
+    results = run_serve_bench(checkpoint, args.clients, args.sentences, args.time_limit, args.mirror)
+    save(results, Path(args.output), command)
+    print(f"Wrote the serve section of {args.output}.md and {args.output}.json")

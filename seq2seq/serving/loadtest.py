@@ -1,0 +1,265 @@
+"""`seq2seq bench --serve`: `seq2seq serve` under bounded concurrent clients, batching on and off.
+
+Two servers of one checkpoint run side by side on loopback ports, one micro-batching and
+one translating a request at a time; for each client count the two are driven in turn with
+the same test sentences, one sentence per request (`POST /v1/translate`, greedy, the
+server's default precision). Beside them, the offline throughput of the same sentences:
+`Translator` in this process and `seq2seq translate` as a whole process. Every loop is
+bounded by a count and by time; nothing listens beyond 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+from seq2seq.atomic import write_lines
+from seq2seq.errors import Seq2SeqError
+from seq2seq.evaluate import load_split
+from seq2seq.translate import Translator
+
+STARTUP_SECONDS = 180  # loading a checkpoint and opening the port
+
+
+@dataclass
+class LoadFigures:
+    batching: bool
+    clients: int
+    requests: int  # sent; each holds one sentence
+    answered: int  # 200
+    refused: int  # 503 (queue full)
+    timed_out: int  # 504
+    failed: int  # any other answer or a broken connection
+    seconds: float
+    sentences_per_second: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+
+
+@dataclass
+class ServeBenchResults:
+    machine: dict
+    checkpoint: str
+    sentences: int
+    offline_in_process: float  # sentences/s, Translator.translate at batch 64
+    offline_whole_process: float  # sentences/s, `seq2seq translate --input --output`, start-up included
+    load: list[LoadFigures] = field(default_factory=list)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def server_process(checkpoint: str, *options: str) -> Iterator[str]:
+    """A `seq2seq serve` subprocess on a free loopback port; yields its URL once /health answers."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "seq2seq", "serve", "--checkpoint", checkpoint, "--port", str(port), *options]
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + STARTUP_SECONDS
+            while not healthy(url):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    raise Seq2SeqError(f"seq2seq serve did not start: {log.read().decode(errors='replace')[-2000:]}")
+                time.sleep(0.2)
+            yield url
+        finally:
+            process.terminate()
+            process.wait(timeout=60)
+
+
+def healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
+            return answer.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+async def drive(url: str, sentences: Sequence[str], clients: int, time_limit: float) -> tuple[list[float], dict[int, int], float]:
+    """`clients` concurrent clients send the sentences one per request until all are sent or
+    `time_limit` seconds pass. Returns the latencies of answered requests (ms), the count of
+    each status (0: no answer), and the seconds taken.
+
+    aiohttp: its client takes far less CPU per request than httpx's, and here that CPU is
+    taken from the server being measured (BENCHMARKS.md).
+    """
+    pending = iter(sentences)
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(url, connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
+        start = time.perf_counter()
+        stop_at = start + time_limit
+
+        async def one_client() -> None:
+            for sentence in pending:
+                if time.perf_counter() > stop_at:
+                    return
+                sent = time.perf_counter()
+                try:
+                    async with session.post("/v1/translate", json={"text": [sentence]}) as answer:
+                        await answer.read()
+                        status = answer.status
+                except (aiohttp.ClientError, asyncio.TimeoutError):
+                    status = 0
+                statuses[status] = statuses.get(status, 0) + 1
+                if status == 200:
+                    latencies.append((time.perf_counter() - sent) * 1000)
+
+        await asyncio.gather(*(one_client() for _ in range(clients)))
+        return latencies, statuses, time.perf_counter() - start
+
+
+def percentile(values: list[float], share: float) -> float:
+    if not values:
+        return float("nan")
+    return statistics.quantiles(values, n=100, method="inclusive")[round(share * 100) - 1] if len(values) > 1 else values[0]
+
+
+def measure_load(url: str, batching: bool, sentences: Sequence[str], clients: int, time_limit: float) -> LoadFigures:
+    asyncio.run(drive(url, sentences[: 4 * clients], clients, time_limit))  # warm-up: connections, allocator
+    latencies, statuses, seconds = asyncio.run(drive(url, sentences, clients, time_limit))
+    answered = statuses.get(200, 0)
+    return LoadFigures(
+        batching,
+        clients,
+        sum(statuses.values()),
+        answered,
+        statuses.get(503, 0),
+        statuses.get(504, 0),
+        sum(count for status, count in statuses.items() if status not in (200, 503, 504)),
+        seconds,
+        answered / seconds,
+        percentile(latencies, 0.50),
+        percentile(latencies, 0.95),
+        percentile(latencies, 0.99),
+    )
+
+
+def offline_whole_process(checkpoint: str, sentences: Sequence[str]) -> float:
+    """Sentences/s of `seq2seq translate` on a file, timed from outside (start-up included)."""
+    with tempfile.TemporaryDirectory() as folder:
+        source, output = Path(folder) / "source.txt", Path(folder) / "output.txt"
+        write_lines(source, sentences)
+        start = time.perf_counter()
+        command = [sys.executable, "-m", "seq2seq", "translate", "--checkpoint", checkpoint, "--input", str(source), "--output", str(output)]
+        subprocess.run(command, check=True, capture_output=True)
+        return len(sentences) / (time.perf_counter() - start)
+
+
+def offline_in_process(checkpoint: str, sentences: Sequence[str]) -> float:
+    translator = Translator.from_checkpoint(checkpoint, "cpu")
+    translator.translate(sentences[:64])  # warm-up
+    start = time.perf_counter()
+    translator.translate(sentences)
+    return len(sentences) / (time.perf_counter() - start)
+
+
+def run_serve_bench(
+    checkpoint: str,
+    clients: Sequence[int] = (1, 4, 16, 64),
+    sentences: int = 1000,
+    time_limit: float = 60.0,
+    mirror: str | None = None,
+) -> ServeBenchResults:
+    """Measure everything (see the module docstring), printing each figure as it comes."""
+    from seq2seq.bench import machine  # the training layer's bench: imported only for this report
+
+    if not Path(checkpoint).is_file():
+        raise Seq2SeqError(f"no checkpoint {checkpoint}: train one (make train CONFIG=configs/bench-multi30k-en-de.yaml)")
+    translator = Translator.from_checkpoint(checkpoint, "cpu")
+    split = next(iter(load_split(translator, None, mirror).values()))
+    lines = [example.source for example in split[:sentences]]
+    results = ServeBenchResults(machine(), checkpoint, len(lines), 0.0, 0.0)
+    with ExitStack() as stack:
+        urls = {batching: stack.enter_context(server_process(checkpoint, *([] if batching else ["--no-batching"])))
+                for batching in (True, False)}
+        for count in clients:
+            for batching in (True, False):  # alternated, so the machine's drift hits both sides
+                figures = measure_load(urls[batching], batching, lines, count, time_limit)
+                results.load.append(figures)
+                print(
+                    f"serve, batching {'on' if batching else 'off'}, {count} clients: {figures.sentences_per_second:,.0f} sentences/s, "
+                    f"p50 {figures.p50_ms:.0f} ms, p95 {figures.p95_ms:.0f} ms, p99 {figures.p99_ms:.0f} ms "
+                    f"({figures.answered}/{figures.requests} answered)"
+                )
+    results.offline_in_process = offline_in_process(checkpoint, lines)
+    results.offline_whole_process = offline_whole_process(checkpoint, lines)
+    print(f"offline: {results.offline_in_process:,.0f} sentences/s in process, {results.offline_whole_process:,.0f} as a whole process")
+    return results
+
+
+def markdown(results: ServeBenchResults, command: str) -> str:
+    m = results.machine
+    lines = [
+        f"## `{command}`",
+        "",
+        f"{m['date']}; {m['cpu']} ({m['cpu_vector_unit']}; {m['cpu_count']} logical CPUs, {m['torch_threads']} torch threads); "
+        f"torch {m['torch']}, Python {m['python']}; checkpoint `{results.checkpoint}`; {results.sentences} test sentences, "
+        "one per request, greedy, fp32; clients and servers share the machine.",
+        "",
+        f"Offline, the same sentences: {results.offline_in_process:,.0f} sentences/s with `Translator` in one process "
+        f"(batch 64), {results.offline_whole_process:,.0f} with `seq2seq translate --input` as a whole process.",
+        "",
+        "| clients | batching | sentences/s | × batching off | % of offline (in process) | p50 ms | p95 ms | p99 ms | answered | 503 | 504 | failed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    off = {f.clients: f for f in results.load if not f.batching}
+    for f in results.load:
+        ratio = f"{f.sentences_per_second / off[f.clients].sentences_per_second:.1f}×" if f.batching and f.clients in off else ""
+        lines.append(
+            f"| {f.clients} | {'on' if f.batching else 'off'} | {f.sentences_per_second:,.0f} | {ratio} | "
+            f"{100 * f.sentences_per_second / results.offline_in_process:.0f} | {f.p50_ms:.0f} | {f.p95_ms:.0f} | {f.p99_ms:.0f} | "
+            f"{f.answered}/{f.requests} | {f.refused} | {f.timed_out} | {f.failed} |"
+        )
+    return "\n".join(lines)
+
+
+SECTION_START = "<!-- seq2seq bench --serve rewrites this section -->"
+SECTION_END = "<!-- end of the seq2seq bench --serve section -->"
+
+
+def save(results: ServeBenchResults, output: Path, command: str) -> None:
+    """The serve section of `<output>.md` and the `serve` entry of `<output>.json`.
+
+    The rest of both files is `seq2seq bench`'s: the section sits above its latest-run
+    marker (which rewrites everything below it), and the JSON keeps its other entries.
+    """
+    from seq2seq.bench import LATEST_RUN_MARKER
+
+    summary, figures = output.with_suffix(".md"), output.with_suffix(".json")
+    section = f"{SECTION_START}\n\n{markdown(results, command)}\n\n{SECTION_END}"
+    text = summary.read_text() if summary.is_file() else ""
+    if SECTION_START in text and SECTION_END in text:
+        before, rest = text.split(SECTION_START, 1)
+        text = before + section + rest.split(SECTION_END, 1)[1]
+    elif LATEST_RUN_MARKER in text:
+        before, after = text.split(LATEST_RUN_MARKER, 1)
+        text = f"{before}{section}\n\n{LATEST_RUN_MARKER}{after}"
+    else:
+        text = f"{text}\n{section}\n" if text else f"{section}\n"
+    write_lines(summary, [text.rstrip("\n")])
+    report = json.loads(figures.read_text()) if figures.is_file() else {}
+    write_lines(figures, [json.dumps({**report, "serve": asdict(results)}, indent=2)])

@@ -1,0 +1,48 @@
+"""`seq2seq serve`: load the models, then open the port; stop gracefully on SIGTERM or Ctrl-C."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import uvicorn
+
+from seq2seq.serving.app import create_app
+from seq2seq.serving.limits import ServeLimits
+from seq2seq.serving.models import load_models
+from seq2seq.translate import SearchSettings
+
+log = logging.getLogger("seq2seq.serve")
+
+
+def serve(
+    checkpoints: Sequence[str | Path],
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    search: SearchSettings = SearchSettings(),
+    precision: str = "fp32",
+    limits: ServeLimits = ServeLimits(),
+    device: str | None = None,
+    workers: int | None = None,
+    access_log: bool = False,
+) -> None:
+    """Serve until stopped. The models load before the port opens, so a client that can
+    connect gets translations; on shutdown, requests already received are answered first."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    models = load_models(checkpoints, search, precision, limits, device, workers)
+    for model in models:
+        log.info("model %d %r: %s→%s, %s", model.id, model.name, model.source_language, model.target_language, model.translator.precision)
+    if api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("serving on %s without --api-key: anyone who can reach it can use it", host)
+    app = create_app(models, limits, api_key)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        access_log=access_log,
+        log_level="info",
+        timeout_graceful_shutdown=int(limits.timeout_seconds) + 1,
+        proxy_headers=True,  # behind a reverse proxy: clients' addresses from X-Forwarded-For
+    )
