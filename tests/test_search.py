@@ -91,9 +91,9 @@ def test_workers_search_whole_batches_on_their_share_of_the_threads(tiny_checkpo
     calls = []
     search = translator._search
 
-    def recording_search(batch):
+    def recording_search(batch, settings):
         calls.append((threading.get_ident(), torch.get_num_threads()))
-        return search(batch)
+        return search(batch, settings)
 
     monkeypatch.setattr(translator, "_search", recording_search)
     threads = torch.get_num_threads()

@@ -11,7 +11,6 @@ the same output (tests/test_search.py, tests/test_serve.py).
 from __future__ import annotations
 
 import asyncio
-import math
 import threading
 import time
 from collections import deque
@@ -70,6 +69,7 @@ class MicroBatcher:
         self.on_batch = on_batch
         self._pending: deque[Job] = deque()
         self._queued_lines = 0
+        self._in_flight = 0  # queued or being translated
         self._closed = False
         self._condition = threading.Condition()
         self._worker = threading.Thread(target=self._work, name="seq2seq-batcher", daemon=True)
@@ -95,8 +95,13 @@ class MicroBatcher:
                 raise QueueFull()
             self._pending.append(job)
             self._queued_lines += len(lines)
+            self._in_flight += 1
             self._condition.notify()
-        return await asyncio.wait_for(job.future, max(deadline - time.monotonic(), 0))
+        try:
+            return await asyncio.wait_for(job.future, max(deadline - time.monotonic(), 0))
+        finally:
+            with self._condition:
+                self._in_flight -= 1
 
     def close(self) -> None:
         """Stop taking requests, finish the queued ones, then stop the worker."""
@@ -113,19 +118,19 @@ class MicroBatcher:
         """The next batch: the oldest job and, when batching, queued jobs of the same search
         settings while they fit the token budget. None once closed and drained.
 
-        A worker that found the queue empty waits up to `batch_wait_ms` for companions of
-        the first request; one that found a backlog takes what is there and goes, since
-        under load requests pile up while the previous batch is translated.
+        The worker then waits up to `batch_wait_ms` for more: clients whose answers just
+        went out send their next requests within milliseconds, and the wait lets them join
+        instead of splitting the load into alternating half batches. A lone request with
+        nothing else in flight goes at once: nobody could join it.
         """
         with self._condition:
-            idle = not self._pending
             while not self._pending and not self._closed:
                 self._condition.wait()
             if not self._pending:
                 return None
             batch = [self._pending.popleft()]
             tokens = batch[0].tokens
-            wait_until = time.monotonic() + (self.limits.batch_wait_ms / 1000 if idle else 0)
+            wait_until = time.monotonic() + self.limits.batch_wait_ms / 1000
             while self.limits.batching and tokens < self.limits.batch_tokens:
                 for job in list(self._pending):
                     if job.search == batch[0].search and tokens + job.tokens <= self.limits.batch_tokens:
@@ -133,7 +138,7 @@ class MicroBatcher:
                         batch.append(job)
                         tokens += job.tokens
                 remaining = wait_until - time.monotonic()
-                if remaining <= 0 or self._closed:
+                if remaining <= 0 or self._closed or self._in_flight == len(batch) == 1:
                     break
                 self._condition.wait(remaining)
             self._queued_lines -= sum(len(job.lines) for job in batch)
@@ -148,11 +153,8 @@ class MicroBatcher:
         lines = [line for job in jobs for line in job.lines]
         if not lines:
             return
-        # split across the translator's worker threads: at these sizes two single-threaded
-        # searches of half the batch beat one search on two threads
-        batch_size = min(64, math.ceil(len(lines) / self.translator.worker_count))
         try:
-            translations = self.translator.translate_encoded(lines, batch_size, search=jobs[0].search)
+            translations = self.translator.translate_encoded(lines, search=jobs[0].search)
         except Exception as error:  # noqa: BLE001 - every waiting request must be answered
             for job in jobs:
                 job.resolve(error)
