@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="measure `seq2seq serve` instead: concurrent clients, batching on and off (its own section)")
     bench.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64], help="with --serve: client counts")
     bench.add_argument("--time-limit", type=float, default=60.0, help="with --serve: most seconds per client count and side")
+    bench.add_argument("--serve-precisions", nargs="+", choices=("fp32", "bf16", "int8"), default=["fp32", "int8"],
+                       help="with --serve: the servers' --precision, each measured in turn (int8: the fastest on CPUs)")
     bench.set_defaults(run=run_bench)
 
     serve = commands.add_parser("serve", help="serve translations over HTTP (own API, LibreTranslate's, OpenNMT-py's; a page at /)")
@@ -303,6 +305,6 @@ def run_serve_bench(args: argparse.Namespace, command: str) -> None:
     from seq2seq.serving.loadtest import run_serve_bench, save
 
     checkpoint = args.checkpoint or default_checkpoint(args.config)
-    results = run_serve_bench(checkpoint, args.clients, args.sentences, args.time_limit, args.mirror)
+    results = run_serve_bench(checkpoint, args.clients, args.sentences, args.time_limit, args.mirror, args.serve_precisions)
     save(results, Path(args.output), command)
     print(f"Wrote the serve section of {args.output}.md and {args.output}.json")

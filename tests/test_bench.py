@@ -65,11 +65,14 @@ def test_serve_bench_drives_both_servers_and_writes_its_own_section(tiny_checkpo
     from seq2seq.serving.loadtest import save as save_serve
 
     results = run_serve_bench(str(tiny_checkpoint), clients=(1, 4), sentences=24, time_limit=30, mirror=str(mirror))
-    assert [(f.clients, f.batching) for f in results.load] == [(1, True), (1, False), (4, True), (4, False)]
+    assert [(f.precision, f.clients, f.batching) for f in results.load] == [
+        ("fp32", 1, True), ("fp32", 1, False), ("fp32", 4, True), ("fp32", 4, False)
+    ]
     for figures in results.load:
         assert figures.requests == figures.answered == 24 and figures.failed == figures.refused == 0
         assert figures.sentences_per_second > 0 and figures.p50_ms <= figures.p95_ms <= figures.p99_ms
-    assert results.offline_in_process > 0 and results.offline_whole_process > 0
+    (offline,) = results.offline
+    assert offline.precision == "fp32" and offline.in_process > 0 and offline.whole_process > 0
 
     history = "# Benchmarks\n\nHand-written history.\n\n"
     (tmp_path / "BENCH.md").write_text(history + LATEST_RUN_MARKER + "\n\nthe training bench's latest run\n")
@@ -79,6 +82,6 @@ def test_serve_bench_drives_both_servers_and_writes_its_own_section(tiny_checkpo
     markdown = (tmp_path / "BENCH.md").read_text()
     assert markdown.startswith(history) and markdown.count(SECTION_START) == 1
     assert markdown.index(SECTION_START) < markdown.index(LATEST_RUN_MARKER) < markdown.index("the training bench's latest run")
-    assert "| 4 | on |" in markdown and "| 4 | off |" in markdown
+    assert "| fp32 | 4 | on |" in markdown and "| fp32 | 4 | off |" in markdown
     report = json.loads((tmp_path / "BENCH.json").read_text())
     assert report["training"] == [1] and len(report["serve"]["load"]) == 4

@@ -21,6 +21,11 @@ from seq2seq.serving.limits import ServeLimits
 from seq2seq.translate import EncodedLine, SearchSettings, Translation, Translator
 
 
+# Tokenizing a sentence or two takes less time than handing it to a thread; more goes to one,
+# so the event loop is never held for long.
+INLINE_ENCODE_CHARACTERS = 1000
+
+
 class QueueFull(Exception):
     """The queue holds `max_queue_lines` lines: the client should retry later (503)."""
 
@@ -70,6 +75,7 @@ class MicroBatcher:
         self._pending: deque[Job] = deque()
         self._queued_lines = 0
         self._in_flight = 0  # queued or being translated
+        self._last_batch_requests = 0
         self._closed = False
         self._condition = threading.Condition()
         self._worker = threading.Thread(target=self._work, name="seq2seq-batcher", daemon=True)
@@ -85,7 +91,10 @@ class MicroBatcher:
         if not lines:
             return []
         deadline = time.monotonic() + self.limits.timeout_seconds
-        encoded = await asyncio.to_thread(self.translator.encode, lines, False)  # off the event loop
+        if sum(map(len, lines)) <= INLINE_ENCODE_CHARACTERS:
+            encoded = self.translator.encode(lines, False)
+        else:
+            encoded = await asyncio.to_thread(self.translator.encode, lines, False)  # off the event loop
         loop = asyncio.get_running_loop()
         job = Job(encoded, search, loop.create_future(), loop, deadline)
         with self._condition:
@@ -118,10 +127,11 @@ class MicroBatcher:
         """The next batch: the oldest job and, when batching, queued jobs of the same search
         settings while they fit the token budget. None once closed and drained.
 
-        The worker then waits up to `batch_wait_ms` for more: clients whose answers just
-        went out send their next requests within milliseconds, and the wait lets them join
-        instead of splitting the load into alternating half batches. A lone request with
-        nothing else in flight goes at once: nobody could join it.
+        The worker then gathers for `batch_wait_ms`: clients whose answers just went out send
+        their next requests a few milliseconds later, and the wait lets them join those still
+        queued instead of the load splitting into alternating part-batches. At low load (a
+        lone request, nothing else in flight, and the previous batch alone too) it goes at
+        once: nobody could join it.
         """
         with self._condition:
             while not self._pending and not self._closed:
@@ -130,18 +140,20 @@ class MicroBatcher:
                 return None
             batch = [self._pending.popleft()]
             tokens = batch[0].tokens
-            wait_until = time.monotonic() + self.limits.batch_wait_ms / 1000
+            give_up = time.monotonic() + self.limits.batch_wait_ms / 1000
             while self.limits.batching and tokens < self.limits.batch_tokens:
                 for job in list(self._pending):
                     if job.search == batch[0].search and tokens + job.tokens <= self.limits.batch_tokens:
                         self._pending.remove(job)
                         batch.append(job)
                         tokens += job.tokens
-                remaining = wait_until - time.monotonic()
-                if remaining <= 0 or self._closed or self._in_flight == len(batch) == 1:
+                remaining = give_up - time.monotonic()
+                alone = len(batch) == self._in_flight == self._last_batch_requests == 1
+                if remaining <= 0 or self._closed or alone:
                     break
                 self._condition.wait(remaining)
             self._queued_lines -= sum(len(job.lines) for job in batch)
+            self._last_batch_requests = len(batch)
             return batch
 
     def _translate(self, jobs: list[Job]) -> None:

@@ -26,7 +26,7 @@ class ServeLimits:
     max_queue_lines: int = limit(2000, "lines waiting for the worker before new requests get 503: a few seconds of work")
     timeout_seconds: float = limit(30.0, "a request not answered by then gets 504 (its lines are skipped if not yet reached)")
     batch_tokens: int = limit(4096, "source tokens gathered into one batch; a larger request is translated alone, never split")
-    batch_wait_ms: float = limit(5.0, "how long an idle worker waits for companions of a request: a few ms buy larger batches")
+    batch_wait_ms: float = limit(5.0, "how long the worker gathers companions of a request under load: a few ms buy larger batches")
     batching: bool = limit(True, "False: one request at a time (the load benchmark's baseline)")
 
     def __post_init__(self) -> None:

@@ -38,6 +38,7 @@ STARTUP_SECONDS = 180  # loading a checkpoint and opening the port
 
 @dataclass
 class LoadFigures:
+    precision: str
     batching: bool
     clients: int
     requests: int  # sent; each holds one sentence
@@ -53,12 +54,18 @@ class LoadFigures:
 
 
 @dataclass
+class OfflineFigures:
+    precision: str
+    in_process: float  # sentences/s, Translator.translate at batch 64
+    whole_process: float  # sentences/s, `seq2seq translate --input --output`, start-up included
+
+
+@dataclass
 class ServeBenchResults:
     machine: dict
     checkpoint: str
     sentences: int
-    offline_in_process: float  # sentences/s, Translator.translate at batch 64
-    offline_whole_process: float  # sentences/s, `seq2seq translate --input --output`, start-up included
+    offline: list[OfflineFigures] = field(default_factory=list)
     load: list[LoadFigures] = field(default_factory=list)
 
 
@@ -138,11 +145,14 @@ def percentile(values: list[float], share: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[round(share * 100) - 1] if len(values) > 1 else values[0]
 
 
-def measure_load(url: str, batching: bool, sentences: Sequence[str], clients: int, time_limit: float) -> LoadFigures:
+def measure_load(
+    url: str, precision: str, batching: bool, sentences: Sequence[str], clients: int, time_limit: float
+) -> LoadFigures:
     asyncio.run(drive(url, sentences[: 4 * clients], clients, time_limit))  # warm-up: connections, allocator
     latencies, statuses, seconds = asyncio.run(drive(url, sentences, clients, time_limit))
     answered = statuses.get(200, 0)
     return LoadFigures(
+        precision,
         batching,
         clients,
         sum(statuses.values()),
@@ -158,19 +168,20 @@ def measure_load(url: str, batching: bool, sentences: Sequence[str], clients: in
     )
 
 
-def offline_whole_process(checkpoint: str, sentences: Sequence[str]) -> float:
+def offline_whole_process(checkpoint: str, precision: str, sentences: Sequence[str]) -> float:
     """Sentences/s of `seq2seq translate` on a file, timed from outside (start-up included)."""
     with tempfile.TemporaryDirectory() as folder:
         source, output = Path(folder) / "source.txt", Path(folder) / "output.txt"
         write_lines(source, sentences)
         start = time.perf_counter()
-        command = [sys.executable, "-m", "seq2seq", "translate", "--checkpoint", checkpoint, "--input", str(source), "--output", str(output)]
+        command = [sys.executable, "-m", "seq2seq", "translate", "--checkpoint", checkpoint, "--precision", precision,
+                   "--input", str(source), "--output", str(output)]
         subprocess.run(command, check=True, capture_output=True)
         return len(sentences) / (time.perf_counter() - start)
 
 
-def offline_in_process(checkpoint: str, sentences: Sequence[str]) -> float:
-    translator = Translator.from_checkpoint(checkpoint, "cpu")
+def offline_in_process(checkpoint: str, precision: str, sentences: Sequence[str]) -> float:
+    translator = Translator.from_checkpoint(checkpoint, "cpu", precision=precision)
     translator.translate(sentences[:64])  # warm-up
     start = time.perf_counter()
     translator.translate(sentences)
@@ -183,8 +194,9 @@ def run_serve_bench(
     sentences: int = 1000,
     time_limit: float = 60.0,
     mirror: str | None = None,
+    precisions: Sequence[str] = ("fp32",),
 ) -> ServeBenchResults:
-    """Measure everything (see the module docstring), printing each figure as it comes."""
+    """Measure everything (see the module docstring) for each precision, printing each figure as it comes."""
     from seq2seq.bench import machine  # the training layer's bench: imported only for this report
 
     if not Path(checkpoint).is_file():
@@ -192,22 +204,29 @@ def run_serve_bench(
     translator = Translator.from_checkpoint(checkpoint, "cpu")
     split = next(iter(load_split(translator, None, mirror).values()))
     lines = [example.source for example in split[:sentences]]
-    results = ServeBenchResults(machine(), checkpoint, len(lines), 0.0, 0.0)
-    with ExitStack() as stack:
-        urls = {batching: stack.enter_context(server_process(checkpoint, *([] if batching else ["--no-batching"])))
-                for batching in (True, False)}
-        for count in clients:
-            for batching in (True, False):  # alternated, so the machine's drift hits both sides
-                figures = measure_load(urls[batching], batching, lines, count, time_limit)
-                results.load.append(figures)
-                print(
-                    f"serve, batching {'on' if batching else 'off'}, {count} clients: {figures.sentences_per_second:,.0f} sentences/s, "
-                    f"p50 {figures.p50_ms:.0f} ms, p95 {figures.p95_ms:.0f} ms, p99 {figures.p99_ms:.0f} ms "
-                    f"({figures.answered}/{figures.requests} answered)"
+    results = ServeBenchResults(machine(), checkpoint, len(lines))
+    for precision in precisions:
+        with ExitStack() as stack:
+            urls = {
+                batching: stack.enter_context(
+                    server_process(checkpoint, "--precision", precision, *([] if batching else ["--no-batching"]))
                 )
-    results.offline_in_process = offline_in_process(checkpoint, lines)
-    results.offline_whole_process = offline_whole_process(checkpoint, lines)
-    print(f"offline: {results.offline_in_process:,.0f} sentences/s in process, {results.offline_whole_process:,.0f} as a whole process")
+                for batching in (True, False)
+            }
+            for count in clients:
+                for batching in (True, False):  # alternated, so the machine's drift hits both sides
+                    figures = measure_load(urls[batching], precision, batching, lines, count, time_limit)
+                    results.load.append(figures)
+                    print(
+                        f"serve {precision}, batching {'on' if batching else 'off'}, {count} clients: "
+                        f"{figures.sentences_per_second:,.0f} sentences/s, p50 {figures.p50_ms:.0f} ms, "
+                        f"p95 {figures.p95_ms:.0f} ms, p99 {figures.p99_ms:.0f} ms ({figures.answered}/{figures.requests} answered)"
+                    )
+        offline = OfflineFigures(
+            precision, offline_in_process(checkpoint, precision, lines), offline_whole_process(checkpoint, precision, lines)
+        )
+        results.offline.append(offline)
+        print(f"offline {precision}: {offline.in_process:,.0f} sentences/s in process, {offline.whole_process:,.0f} as a whole process")
     return results
 
 
@@ -216,24 +235,31 @@ def markdown(results: ServeBenchResults, command: str) -> str:
     lines = [
         f"## `{command}`",
         "",
-        f"{m['date']}; {m['cpu']} ({m['cpu_vector_unit']}; {m['cpu_count']} logical CPUs, {m['torch_threads']} torch threads); "
-        f"torch {m['torch']}, Python {m['python']}; checkpoint `{results.checkpoint}`; {results.sentences} test sentences, "
-        "one per request, greedy, fp32; clients and servers share the machine.",
+        f"{m['date']}; {m['cpu']} ({m['cpu_vector_unit']}, {'native' if m['cpu_native_bf16'] else 'no native'} bf16; "
+        f"{m['cpu_count']} logical CPUs, {m['torch_threads']} torch threads); torch {m['torch']}, Python {m['python']}; "
+        f"checkpoint `{results.checkpoint}`; {results.sentences} test sentences, one per request (`POST /v1/translate`), "
+        "greedy; the clients (aiohttp, one process) and both servers share the machine.",
         "",
-        f"Offline, the same sentences: {results.offline_in_process:,.0f} sentences/s with `Translator` in one process "
-        f"(batch 64), {results.offline_whole_process:,.0f} with `seq2seq translate --input` as a whole process.",
-        "",
-        "| clients | batching | sentences/s | × batching off | % of offline (in process) | p50 ms | p95 ms | p99 ms | answered | 503 | 504 | failed |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| precision | clients | batching | sentences/s | × batching off | % of offline file, whole process | "
+        "% of offline, in process | p50 ms | p95 ms | p99 ms | answered | 503 | 504 | failed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    off = {f.clients: f for f in results.load if not f.batching}
+    offline = {o.precision: o for o in results.offline}
+    off = {(f.precision, f.clients): f for f in results.load if not f.batching}
     for f in results.load:
-        ratio = f"{f.sentences_per_second / off[f.clients].sentences_per_second:.1f}×" if f.batching and f.clients in off else ""
+        base = off.get((f.precision, f.clients))
+        ratio = f"{f.sentences_per_second / base.sentences_per_second:.1f}×" if f.batching and base else ""
+        reference = offline[f.precision]
         lines.append(
-            f"| {f.clients} | {'on' if f.batching else 'off'} | {f.sentences_per_second:,.0f} | {ratio} | "
-            f"{100 * f.sentences_per_second / results.offline_in_process:.0f} | {f.p50_ms:.0f} | {f.p95_ms:.0f} | {f.p99_ms:.0f} | "
-            f"{f.answered}/{f.requests} | {f.refused} | {f.timed_out} | {f.failed} |"
+            f"| {f.precision} | {f.clients} | {'on' if f.batching else 'off'} | {f.sentences_per_second:,.0f} | {ratio} | "
+            f"{100 * f.sentences_per_second / reference.whole_process:.0f} | {100 * f.sentences_per_second / reference.in_process:.0f} | "
+            f"{f.p50_ms:.0f} | {f.p95_ms:.0f} | {f.p99_ms:.0f} | {f.answered}/{f.requests} | {f.refused} | {f.timed_out} | {f.failed} |"
         )
+    lines += ["", "Offline, the same sentences: " + "; ".join(
+        f"{o.precision} {o.whole_process:,.0f} sentences/s with `seq2seq translate --input` as a whole process (start-up "
+        f"included), {o.in_process:,.0f} with `Translator` in one process (batch 64)"
+        for o in results.offline
+    ) + "."]
     return "\n".join(lines)
 
 
