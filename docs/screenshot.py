@@ -8,23 +8,13 @@ Uses Debian's Chromium through Playwright (pip install playwright; never `playwr
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
+from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
-# The same flags as tests/test_page.py: without internet, Chromium's background connections fail noisily.
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from the checkout
+from tests.browser import CHROMIUM_ARGS, chromium_path  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -32,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--text", required=True, help="the source text (\\n-separated lines allowed)")
     parser.add_argument("--output", required=True, help="the PNG to write")
     parser.add_argument("--api-key", default="", help="for a server started with an API key")
-    parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
+    parser.add_argument("--chromium", default=chromium_path() or "/usr/bin/chromium", help="the browser to drive")
     args = parser.parse_args(argv)
 
     with sync_playwright() as playwright:

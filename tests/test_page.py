@@ -7,35 +7,22 @@ same body, so the page is tested for showing the answer, not for any particular 
 from __future__ import annotations
 
 import json
-import shutil
 import urllib.error
 import urllib.request
 
 import pytest
+
+from tests.browser import CHROMIUM_ARGS, chromium_path
 
 sync_api = pytest.importorskip(
     "playwright.sync_api", reason="the Python package playwright is not installed: pip install -e '.[dev]'"
 )
 expect = sync_api.expect
 
-# The test machines have no internet: without the background-networking flags Chromium keeps
-# opening connections that are refused, many at a time.
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
 @pytest.fixture(scope="module")
 def browser():
     """Debian's Chromium (never a browser Playwright downloads: the machines cannot fetch one)."""
-    executable = shutil.which("chromium") or shutil.which("chromium-browser")
+    executable = chromium_path()
     if executable is None:
         pytest.skip("Chromium is not installed (no chromium or chromium-browser on PATH): apt-get install chromium")
     with sync_api.sync_playwright() as playwright:

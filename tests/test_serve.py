@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -322,3 +324,18 @@ def test_shutdown_finishes_the_requests_in_flight(tiny_checkpoint, tmp_path, sou
         assert all(len(answer.json()["translations"]) == 100 for answer in answers)
         assert server.process.wait(timeout=60) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once done
         assert "Application shutdown complete" in server.log.read_text()
+
+
+def test_serving_and_translating_never_import_lightning(tiny_checkpoint):
+    """The server and `Translator` start without Lightning and its dependencies."""
+    code = (
+        "import sys\n"
+        "from seq2seq.serving.server import serve\n"
+        "from seq2seq.translate import Translator\n"
+        f"print(Translator.from_checkpoint({str(tiny_checkpoint)!r}).translate(['Tom is here.']))\n"
+        "print(sorted(name for name in sys.modules if name.split('.')[0] in ('lightning', 'pytorch_lightning')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    translation, lightning_modules = result.stdout.splitlines()
+    assert translation.startswith("['") and lightning_modules == "[]"
