@@ -339,3 +339,8 @@ def test_serving_and_translating_never_import_lightning(tiny_checkpoint):
     assert result.returncode == 0, result.stderr
     translation, lightning_modules = result.stdout.splitlines()
     assert translation.startswith("['") and lightning_modules == "[]"
+
+
+def test_the_key_is_checked_before_the_body(tiny_server_with_key):
+    answer = raw(tiny_server_with_key, "/v1/translate", b'{"text": 5, "beam": 1}')
+    assert answer.status_code == 401

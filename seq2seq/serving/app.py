@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import seq2seq
+from seq2seq.errors import Seq2SeqError
 from seq2seq.serving.batcher import QueueFull, ShuttingDown
 from seq2seq.serving.limits import ServeLimits
 from seq2seq.serving.metrics import MetricsMiddleware, ServerMetrics
@@ -154,13 +155,16 @@ def search_for(model: ServedModel, limits: ServeLimits, beam_size: int | None = 
         raise ApiError(422, f"field 'beam_size': at most {widest} on this server, got {beam_size}")
     if n_best > beam_size:
         raise ApiError(422, f"field 'n_best': at most beam_size ({beam_size}), got {n_best}: ask for a wider beam")
-    return replace(
-        default,
-        beam_size=beam_size,
-        nbest=n_best,
-        alpha=default.alpha if alpha is None else alpha,
-        beta=default.beta if beta is None else beta,
-    )
+    try:
+        return replace(
+            default,
+            beam_size=beam_size,
+            nbest=n_best,
+            alpha=default.alpha if alpha is None else alpha,
+            beta=default.beta if beta is None else beta,
+        )
+    except Seq2SeqError as error:
+        raise ApiError(422, str(error)) from None
 
 
 def weights(attention: Any) -> list[list[float]]:
@@ -276,10 +280,15 @@ def create_app(models: list[ServedModel], limits: ServeLimits = ServeLimits(), a
         log.exception("error answering %s %s", request.method, request.url.path)
         return error_response(500, f"internal error ({type(error).__name__}); the server log has the details")
 
-    @app.post("/v1/translate", response_model=TranslateResponse, responses=ERRORS, tags=["seq2seq"])
-    async def translate_v1(body: TranslateRequest, request: Request) -> JSONResponse:
-        """Translate lines with n-best lists, scores, tokens and (when asked) attention."""
+    async def require_key(request: Request) -> None:
         authorize(request)
+
+    # as a dependency, the key is checked before the body is read: a stranger learns nothing from 422s
+    keyed = [Depends(require_key)]
+
+    @app.post("/v1/translate", response_model=TranslateResponse, responses=ERRORS, tags=["seq2seq"], dependencies=keyed)
+    async def translate_v1(body: TranslateRequest) -> JSONResponse:
+        """Translate lines with n-best lists, scores, tokens and (when asked) attention."""
         model = model_named(body.model)
         search = search_for(model, limits, body.beam_size, body.n_best, body.alpha, body.beta)
         if isinstance(body.text, str):
@@ -338,10 +347,10 @@ def create_app(models: list[ServedModel], limits: ServeLimits = ServeLimits(), a
             targets.setdefault(source, []).append(target)
         return JSONResponse([{"code": code, "name": language_name(code), "targets": to} for code, to in targets.items()])
 
-    @app.post("/translator/translate", response_model=list[list[OpenNMTResult]], responses=ERRORS, tags=["OpenNMT-py"])
-    async def translate_opennmt(items: list[OpenNMTRequestItem], request: Request) -> JSONResponse:
+    @app.post("/translator/translate", response_model=list[list[OpenNMTResult]], responses=ERRORS, tags=["OpenNMT-py"],
+              dependencies=keyed)
+    async def translate_opennmt(items: list[OpenNMTRequestItem]) -> JSONResponse:
         """OpenNMT-py's `onmt_server` API: one list per n-best rank, each with one result per item."""
-        authorize(request)
         ids = {item.id for item in items}
         if len(ids) > 1:
             raise ApiError(400, f"the items ask for several models ({', '.join(map(str, sorted(ids, key=str)))}): send one id per request")
@@ -368,10 +377,9 @@ def create_app(models: list[ServedModel], limits: ServeLimits = ServeLimits(), a
         queued = sum(model.batcher.queued_lines for model in models)
         return JSONResponse({"status": "ok", "models": [model.info() for model in models], "queue_lines": queued})
 
-    @app.get("/metrics", responses=ERRORS, tags=["operations"], response_class=Response)
-    async def prometheus(request: Request) -> Response:
+    @app.get("/metrics", responses=ERRORS, tags=["operations"], response_class=Response, dependencies=keyed)
+    async def prometheus() -> Response:
         """Prometheus's text format: requests by route and code, latency and batch-size histograms, queue."""
-        authorize(request)
         content, media_type = metrics.exposition()
         return Response(content, media_type=media_type)
 
