@@ -75,6 +75,12 @@ def state(page) -> str:
 
 def test_page_shows_the_api_translation(page, tiny_server, training_examples):
     page.goto(f"{tiny_server.url}/")
+    expect(page.locator("#model")).to_have_text("tiny: en → fr")  # from /health, before translating
+    page.fill("#beam-size", "99")
+    page.dispatch_event("#beam-size", "change")
+    expect(page.locator("#beam-size")).to_have_value("16")  # the server's --max-beam-size
+    page.fill("#beam-size", "5")
+    page.dispatch_event("#beam-size", "change")
     sentence = training_examples[0].source
     sent = translate_on_page(page, sentence).post_data_json
     assert sent == {"text": sentence, "beam_size": 5, "n_best": 3, "attention": True}

@@ -124,6 +124,7 @@ def test_health_metrics_and_docs(tiny_server, sources):
     post(tiny_server, "/v1/translate", {"text": sources[0], "beam_size": 999})
     health = httpx.get(tiny_server.url + "/health").json()
     assert health["status"] == "ok" and health["queue_lines"] == 0 and health["models"][0]["name"] == "tiny"
+    assert health["limits"] == {"max_lines": 100, "max_line_characters": 2000, "max_beam_size": 16}
     metrics = httpx.get(tiny_server.url + "/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
     text = metrics.text

@@ -199,6 +199,8 @@ def create_app(models: list[ServedModel], limits: ServeLimits = ServeLimits(), a
     for model in models:
         model.batcher.on_batch = metrics.batch_lines.observe
 
+    public_limits = {name: getattr(limits, name) for name in ("max_lines", "max_line_characters", "max_beam_size")}
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
@@ -375,7 +377,7 @@ def create_app(models: list[ServedModel], limits: ServeLimits = ServeLimits(), a
     async def health() -> JSONResponse:
         """Open without a key: the models are loaded before the port opens."""
         queued = sum(model.batcher.queued_lines for model in models)
-        return JSONResponse({"status": "ok", "models": [model.info() for model in models], "queue_lines": queued})
+        return JSONResponse({"status": "ok", "models": [model.info() for model in models], "queue_lines": queued, "limits": public_limits})
 
     @app.get("/metrics", responses=ERRORS, tags=["operations"], response_class=Response, dependencies=keyed)
     async def prometheus() -> Response:

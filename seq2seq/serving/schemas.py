@@ -112,7 +112,14 @@ class OpenNMTResult(BaseModel):
     pred_score: float | None = Field(description="log-probability; null for a blank sentence")
 
 
+class PublicLimits(BaseModel):
+    max_lines: int = Field(description="lines in one request")
+    max_line_characters: int = Field(description="characters in one line")
+    max_beam_size: int = Field(description="widest beam a request may ask for")
+
+
 class Health(BaseModel):
     status: str = Field(examples=["ok"])
     models: list[ModelInfo]
     queue_lines: int = Field(description="lines waiting for a worker, all models together")
+    limits: PublicLimits

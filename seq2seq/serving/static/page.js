@@ -37,6 +37,20 @@ apiKey.addEventListener("input", () => {
 beamSize.addEventListener("change", clampSearch);
 nBest.addEventListener("change", clampSearch);
 clampSearch(); // the browser may restore old values on reload
+showServer();
+
+/** The model and the widest beam, from /health (open without a key), before the first translation. */
+async function showServer() {
+  try {
+    const health = await (await fetch("health")).json();
+    const info = health.models[0];
+    model.textContent = `${info.name}: ${info.source_language} → ${info.target_language}`;
+    beamSize.max = String(health.limits.max_beam_size);
+    clampSearch();
+  } catch {
+    // translating will say what is wrong with the server
+  }
+}
 
 form.addEventListener("submit", (event) => {
   event.preventDefault();
@@ -60,9 +74,9 @@ attention.addEventListener("focusin", (event) => highlight(event.target));
 attention.addEventListener("mouseleave", clearHighlight);
 attention.addEventListener("focusout", clearHighlight);
 
-/** Keep 1 <= n-best <= beam size <= 16, the server's limits, so a typo is fixed here, not refused there. */
+/** Keep 1 <= n-best <= beam size <= the server's limit, so a typo is fixed here, not refused there. */
 function clampSearch() {
-  const beam = clamp(beamSize.valueAsNumber, 1, 16, 5);
+  const beam = clamp(beamSize.valueAsNumber, 1, Number(beamSize.max), 5);
   beamSize.value = beam;
   nBest.max = beam;
   nBest.value = clamp(nBest.valueAsNumber, 1, beam, Math.min(3, beam));
