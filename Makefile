@@ -10,7 +10,7 @@ DEVICES ?=
 CKPT    ?= $(shell ls -t checkpoints/*/best.ckpt 2>/dev/null | head -n 1)
 BIN      = $(VENV)/bin
 
-.PHONY: setup train translate evaluate serve test bench clean
+.PHONY: setup train translate evaluate serve test lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -40,6 +40,11 @@ serve: setup
 
 test: setup
 	$(BIN)/python -m pytest $(ARGS)
+
+# ruff: the lint rules and the formatter's style are in pyproject.toml
+lint: setup
+	$(BIN)/ruff check seq2seq tests docs
+	$(BIN)/ruff format --check seq2seq tests docs
 
 bench: setup
 	$(BIN)/seq2seq bench $(ARGS)

@@ -26,7 +26,8 @@ RULES = ("concat", "additive", "dot")
 
 
 class Attn(nn.Module):
-    """Attention with the course's signature: `Attn(query_size, key_size, value_size1, value_size2, output_size)`.
+    """Attention with the course's signature:
+    `Attn(query_size, key_size, value_size1, value_size2, output_size)`.
 
     `value_size1` is the number of value positions the ``concat`` rule can score (its
     `max_length`); `value_size2` is the size of one value vector. `attention_size` is the
@@ -62,7 +63,9 @@ class Attn(nn.Module):
             self.query_proj = nn.Linear(query_size, key_size, bias=False)
         self.attn_combine = nn.Linear(query_size + value_size2, output_size)
 
-    def forward(self, Q: Tensor, K: Tensor, V: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, Q: Tensor, K: Tensor, V: Tensor, mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """One attention step in the course's layout.
 
         Q: (1, B, query_size). K: (1, B, key_size) for ``concat``, (B, S, key_size) otherwise.
@@ -81,7 +84,9 @@ class Attn(nn.Module):
         """
         return self.key_proj(keys) if self.rule == "additive" else keys
 
-    def attend(self, queries: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def attend(
+        self, queries: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Batched attention for T queries at once.
 
         queries: (B, T, query_size). keys: from `project_keys`; (B, T, key_size) for
@@ -107,7 +112,9 @@ class Attn(nn.Module):
                 )
             return self.attn(torch.cat((queries, keys), dim=-1))[..., :positions]  # (B, T, S)
         if self.rule == "additive":
-            return additive_scores(self.query_proj(queries), keys, self.energy.weight[0])  # (B, T, S)
+            return additive_scores(
+                self.query_proj(queries), keys, self.energy.weight[0]
+            )  # (B, T, S)
         if self.query_size != self.key_size:
             queries = self.query_proj(queries)
         return torch.bmm(queries, keys.transpose(1, 2)) / math.sqrt(self.key_size)  # (B, T, S)
@@ -154,8 +161,12 @@ class _AdditiveScores(torch.autograd.Function):
             for rows in batch_slices(queries, keys):
                 sigmoid = hidden_sigmoid(queries[rows], keys[rows])  # (r, T, S, A)
                 grad = grad_scores[rows].to(v.dtype)  # (r, T, S)
-                grad_energy.addmv_(sigmoid.flatten(0, 2).t(), grad.flatten(), alpha=2)  # the 2σ of Σ (2σ - 1) g
-                grad_hidden = sigmoid.sub_(sigmoid.square()).mul_(grad.unsqueeze(-1) * four_v)  # tanh'(h) g v
+                grad_energy.addmv_(
+                    sigmoid.flatten(0, 2).t(), grad.flatten(), alpha=2
+                )  # the 2σ of Σ (2σ - 1) g
+                grad_hidden = sigmoid.sub_(sigmoid.square()).mul_(
+                    grad.unsqueeze(-1) * four_v
+                )  # tanh'(h) g v
                 grad_queries[rows] = grad_hidden.sum(2)
                 grad_keys[rows] = grad_hidden.sum(1)
             grad_energy -= grad_scores.sum(dtype=grad_energy.dtype)  # the - 1 of Σ (2σ - 1) g
@@ -180,5 +191,6 @@ def batch_slices(queries: Tensor, keys: Tensor) -> list[slice]:
 
 
 def additive_scores(queries: Tensor, keys: Tensor, energy: Tensor) -> Tensor:
-    """Bahdanau scores v · tanh(q_t + k_s): queries (B, T, A), keys (B, S, A), energy v (A,) to (B, T, S) fp32."""
+    """Bahdanau scores v · tanh(q_t + k_s): queries (B, T, A), keys (B, S, A), energy v (A,)
+    to (B, T, S) fp32."""
     return _AdditiveScores.apply(queries, keys, energy)

@@ -12,11 +12,15 @@ from pathlib import Path
 
 import torch
 
-from seq2seq.errors import Seq2SeqError
 from seq2seq.atomic import atomic_write
+from seq2seq.errors import Seq2SeqError
 from seq2seq.translate import load_checkpoint
 
-MUST_MATCH = ("network", "source_tokenizer", "target_tokenizer")  # else the weights mean nothing together
+MUST_MATCH = (
+    "network",
+    "source_tokenizer",
+    "target_tokenizer",
+)  # else the weights mean nothing together
 
 
 def average_checkpoints(paths: Sequence[str | Path], output: str | Path) -> dict:
@@ -27,18 +31,25 @@ def average_checkpoints(paths: Sequence[str | Path], output: str | Path) -> dict
     if len(paths) < 2:
         raise Seq2SeqError(f"averaging needs at least two checkpoints, got {len(paths)}")
     first = load_checkpoint(paths[0])
-    total = {name: tensor.double() if tensor.is_floating_point() else tensor for name, tensor in first["state_dict"].items()}
+    total = {
+        name: tensor.double() if tensor.is_floating_point() else tensor
+        for name, tensor in first["state_dict"].items()
+    }
     for path in paths[1:]:
         checkpoint = load_checkpoint(path)
         for key in MUST_MATCH:
             if checkpoint["seq2seq"][key] != first["seq2seq"][key]:
-                raise Seq2SeqError(f"{path} has another {key.replace('_', ' ')} than {paths[0]}: only checkpoints of one run can be averaged")
+                raise Seq2SeqError(
+                    f"{path} has another {key.replace('_', ' ')} than {paths[0]}: only checkpoints "
+                    "of one run can be averaged"
+                )
         for name, tensor in checkpoint["state_dict"].items():
             if tensor.is_floating_point():
                 total[name] += tensor.double()
     dtypes = {name: tensor.dtype for name, tensor in first["state_dict"].items()}
     averaged = {
-        name: (tensor / len(paths)).to(dtypes[name]) if tensor.is_floating_point() else tensor for name, tensor in total.items()
+        name: (tensor / len(paths)).to(dtypes[name]) if tensor.is_floating_point() else tensor
+        for name, tensor in total.items()
     }
     checkpoint = {
         "state_dict": averaged,

@@ -78,11 +78,16 @@ def machine() -> dict:
     cpu = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        names = [
+            line.split(":", 1)[1].strip()
+            for line in cpuinfo.read_text().splitlines()
+            if line.startswith("model name")
+        ]
         cpu = names[0] if names else cpu
     return {
         "cpu": cpu,
-        "cpu_vector_unit": torch.backends.cpu.get_cpu_capability(),  # e.g. AVX2 or AVX512: runs differ by it
+        # e.g. AVX2 or AVX512: runs differ by it
+        "cpu_vector_unit": torch.backends.cpu.get_cpu_capability(),
         "cpu_native_bf16": cpu_has_bf16(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
@@ -138,7 +143,9 @@ def trainable_precisions(precisions: list[str], device: str) -> list[str]:
     fp32 there (`seq2seq train` falls back to 32-true), so it would time nothing a user runs."""
     if "bf16-mixed" not in precisions or native_bf16(device):
         return precisions
-    print("This CPU has no bf16 instructions (AVX512-BF16 or AMX): bf16-mixed training not measured")
+    print(
+        "This CPU has no bf16 instructions (AVX512-BF16 or AMX): bf16-mixed training not measured"
+    )
     return [p for p in precisions if p != "bf16-mixed"]
 
 
@@ -185,11 +192,15 @@ class ThroughputMeter(L.Callback):
         self.sentences = 0
         self.batches = 0
 
-    def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: Batch, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, module: L.LightningModule, batch: Batch, batch_idx: int
+    ) -> None:
         if trainer.global_step > self.warmup_steps:
             self.between_steps += time.perf_counter() - self.end
 
-    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs, batch: Batch, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, module: L.LightningModule, outputs, batch: Batch, batch_idx: int
+    ) -> None:
         synchronize(str(module.device))
         if trainer.global_step == self.warmup_steps:
             self.start = self.end = time.perf_counter()
@@ -209,7 +220,8 @@ def measure_training(
     device: str,
     gradient_clip_val: float | None,
 ) -> tuple[TrainingFigures, TranslationModule]:
-    """Train a fresh copy of `template` (not yet built) for warmup + steps optimiser steps; time the last `steps`."""
+    """Train a fresh copy of `template` (not yet built) for warmup + steps optimiser steps;
+    time the last `steps`."""
     module = copy.deepcopy(template)
     meter = ThroughputMeter(warmup)
     trainer = L.Trainer(
@@ -302,39 +314,73 @@ def run_bench(
     `overrides` are extra `seq2seq train` arguments for the config (e.g. `--data.data_dir`).
     """
     check_precisions(precisions)
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no per-run banners between the figures
+    logging.getLogger("lightning.pytorch").setLevel(
+        logging.WARNING
+    )  # no per-run banners between the figures
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     precisions = trainable_precisions(precisions, device)
     results = BenchResults(machine(), matmul_peaks(device))
     print(f"matmul peak: {describe_peaks(results.matmul_gflops)}")
 
-    args = ["--config", config, "--trainer.logger", "false", *(["--data.mirror", mirror] if mirror else []), *overrides]
+    args = [
+        "--config",
+        config,
+        "--trainer.logger",
+        "false",
+        *(["--data.mirror", mirror] if mirror else []),
+        *overrides,
+    ]
     cli = build_cli(args)
     for precision in precisions:
         figures, module = measure_training(
-            cli.model, cli.datamodule, precision, warmup, steps, device, cli.config.trainer.gradient_clip_val
+            cli.model,
+            cli.datamodule,
+            precision,
+            warmup,
+            steps,
+            device,
+            cli.config.trainer.gradient_clip_val,
         )
         results.training.append(figures)
-        print(f"training {precision}: {figures.target_tokens_per_second:,.0f} target tokens/s, peak {figures.peak_memory_mb:,.0f} MB")
+        print(
+            f"training {precision}: {figures.target_tokens_per_second:,.0f} target tokens/s, "
+            f"peak {figures.peak_memory_mb:,.0f} MB"
+        )
     batch = next(iter(cli.datamodule.train_dataloader()))
     results.flops_per_target_token = flops_per_target_token(module.cpu(), batch)
 
     checkpoint = checkpoint or config_checkpoint(cli)
     if not Path(checkpoint).is_file():
-        print(f"No checkpoint {checkpoint}: translation not measured (train one: make train CONFIG={config})")
+        print(
+            f"No checkpoint {checkpoint}: translation not measured "
+            f"(train one: make train CONFIG={config})"
+        )
         return results
     # bf16 where the hardware multiplies it natively (GPUs, CPUs with AVX512-BF16/AMX); int8 on CPUs
-    inference_precisions = ["fp32", *(["bf16"] if native_bf16(device) else []), *(["int8"] if device == "cpu" else [])]
+    inference_precisions = [
+        "fp32",
+        *(["bf16"] if native_bf16(device) else []),
+        *(["int8"] if device == "cpu" else []),
+    ]
     split = None
     for precision in inference_precisions:
         for search in (SearchSettings(), SearchSettings(beam_size=beam_size)):
             translator = Translator.from_checkpoint(checkpoint, device, search, precision)
-            split = split or next(iter(load_split(translator, None, mirror).values()))[:sentences]  # read once
-            figures = measure_translation(translator, [e.source for e in split], [e.references for e in split], batch_size)
+            split = (
+                split or next(iter(load_split(translator, None, mirror).values()))[:sentences]
+            )  # read once
+            figures = measure_translation(
+                translator, [e.source for e in split], [e.references for e in split], batch_size
+            )
             results.translation.append(figures)
             name = f"{figures.search} {precision}"
-            results.latency_ms[name] = latency_ms(translator, [e.source for e in split[:latency_sentences]])
-            print(f"translation {name}: {figures.sentences_per_second:,.0f} sentences/s, BLEU {figures.bleu:.2f}")
+            results.latency_ms[name] = latency_ms(
+                translator, [e.source for e in split[:latency_sentences]]
+            )
+            print(
+                f"translation {name}: {figures.sentences_per_second:,.0f} sentences/s, "
+                f"BLEU {figures.bleu:.2f}"
+            )
     return results
 
 
@@ -353,36 +399,44 @@ def markdown(results: BenchResults, config: str, checkpoint: str | None, command
     lines = [
         f"## `{command}`",
         "",
-        f"{m['date']}; {m['cpu']} ({m['cpu_vector_unit']}, {'native' if m['cpu_native_bf16'] else 'no native'} bf16; "
+        f"{m['date']}; {m['cpu']} ({m['cpu_vector_unit']}, "
+        f"{'native' if m['cpu_native_bf16'] else 'no native'} bf16; "
         f"{m['cpu_count']} logical CPUs, {m['torch_threads']} torch threads)"
         + (f", GPU {m['gpu']}" if m["gpu"] else "")
-        + f"; torch {m['torch']}, Lightning {m['lightning']}, Python {m['python']}; config `{config}`.",
+        + f"; torch {m['torch']}, Lightning {m['lightning']}, Python {m['python']}; "
+        f"config `{config}`.",
         "",
         f"Matrix-multiply peak: {describe_peaks(peak)}. "
-        f"A training step costs {results.flops_per_target_token / 1e6:,.1f} MFLOP per target token (forward + backward).",
+        f"A training step costs {results.flops_per_target_token / 1e6:,.1f} MFLOP "
+        "per target token (forward + backward).",
         "",
-        "| training precision | target tokens/s | sentences/batch | achieved GFLOP/s | % of peak | peak memory (MB) | % of time between steps (data, loop) |",
+        "| training precision | target tokens/s | sentences/batch | achieved GFLOP/s | % of peak "
+        "| peak memory (MB) | % of time between steps (data, loop) |",
         "|---|---|---|---|---|---|---|",
     ]
     for t in results.training:
         achieved = results.flops_per_target_token * t.target_tokens_per_second / 1e9
         reference = peak["bf16" if "bf16" in t.precision else "fp32"]
         lines.append(
-            f"| {t.precision} | {t.target_tokens_per_second:,.0f} | {t.sentences_per_batch:.0f} | {achieved:,.0f} | "
-            f"{100 * achieved / reference:.1f} | {t.peak_memory_mb:,.0f} | {t.between_steps_percent:.1f} |"
+            f"| {t.precision} | {t.target_tokens_per_second:,.0f} | "
+            f"{t.sentences_per_batch:.0f} | {achieved:,.0f} | "
+            f"{100 * achieved / reference:.1f} | {t.peak_memory_mb:,.0f} | "
+            f"{t.between_steps_percent:.1f} |"
         )
     if results.translation:
         lines += [
             "",
             f"Translation with `{checkpoint}`:",
             "",
-            "| search | precision | batch | workers | sentences | sentences/s | target tokens/s | BLEU | batch-1 latency (ms, median) |",
+            "| search | precision | batch | workers | sentences | sentences/s | target tokens/s "
+            "| BLEU | batch-1 latency (ms, median) |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for t in results.translation:
             lines.append(
-                f"| {t.search} | {t.precision} | {t.batch_size} | {t.workers} | {t.sentences} | {t.sentences_per_second:,.0f} | "
-                f"{t.target_tokens_per_second:,.0f} | {t.bleu:.2f} | {results.latency_ms[f'{t.search} {t.precision}']:.1f} |"
+                f"| {t.search} | {t.precision} | {t.batch_size} | {t.workers} | {t.sentences} | "
+                f"{t.sentences_per_second:,.0f} | {t.target_tokens_per_second:,.0f} | "
+                f"{t.bleu:.2f} | {results.latency_ms[f'{t.search} {t.precision}']:.1f} |"
             )
     return "\n".join(lines)
 
@@ -390,7 +444,9 @@ def markdown(results: BenchResults, config: str, checkpoint: str | None, command
 LATEST_RUN_MARKER = "<!-- make bench rewrites everything below this line; write above it -->"
 
 
-def save(results: BenchResults, output: Path, config: str, checkpoint: str | None, command: str) -> None:
+def save(
+    results: BenchResults, output: Path, config: str, checkpoint: str | None, command: str
+) -> None:
     """`<output>.md` (a summary to read) and `<output>.json` (every figure).
 
     The markdown keeps whatever precedes `LATEST_RUN_MARKER` (the curated history of
@@ -399,13 +455,21 @@ def save(results: BenchResults, output: Path, config: str, checkpoint: str | Non
     """
     summary, figures = output.with_suffix(".md"), output.with_suffix(".json")
     kept = summary.read_text().split(LATEST_RUN_MARKER)[0] if summary.is_file() else ""
-    write_lines(summary, [kept + LATEST_RUN_MARKER, "", markdown(results, config, checkpoint, command)])
-    serve = json.loads(figures.read_text()).get("serve") if figures.is_file() else None  # `seq2seq bench --serve`'s
-    write_lines(figures, [json.dumps({**asdict(results), **({"serve": serve} if serve else {})}, indent=2)])
+    write_lines(
+        summary, [kept + LATEST_RUN_MARKER, "", markdown(results, config, checkpoint, command)]
+    )
+    serve = (
+        json.loads(figures.read_text()).get("serve") if figures.is_file() else None
+    )  # `seq2seq bench --serve`'s
+    write_lines(
+        figures, [json.dumps({**asdict(results), **({"serve": serve} if serve else {})}, indent=2)]
+    )
 
 
 def check_precisions(precisions: list[str]) -> None:
     known = ("32-true", "bf16-mixed", "16-mixed")
     unknown = [p for p in precisions if p not in known]
     if unknown:
-        raise Seq2SeqError(f"unknown precision {', '.join(unknown)}: choose from {', '.join(known)}")
+        raise Seq2SeqError(
+            f"unknown precision {', '.join(unknown)}: choose from {', '.join(known)}"
+        )

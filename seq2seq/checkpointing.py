@@ -24,9 +24,13 @@ from seq2seq.errors import Seq2SeqError
 class AtomicCheckpointIO(TorchCheckpointIO):
     """`torch.save` to a temporary file in the same folder, fsync, then rename over the target."""
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None
+    ) -> None:
         if storage_options is not None:
-            raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
+            raise TypeError(
+                f"{type(self).__name__} takes no storage_options, got {storage_options!r}"
+            )
         try:
             with atomic_write(path) as out:
                 torch.save(checkpoint, out)
@@ -49,7 +53,9 @@ class LastCheckpoint(Checkpoint):
 
     def __init__(self, dirpath: str | None = None, every_n_train_steps: int = 200) -> None:
         if every_n_train_steps < 0:
-            raise Seq2SeqError(f"last_checkpoint.every_n_train_steps must be 0 or more, got {every_n_train_steps}")
+            raise Seq2SeqError(
+                f"last_checkpoint.every_n_train_steps must be 0 or more, got {every_n_train_steps}"
+            )
         self.dirpath = dirpath
         self.every_n_train_steps = every_n_train_steps
         self._saved_step = -1
@@ -62,7 +68,9 @@ class LastCheckpoint(Checkpoint):
         trainer.save_checkpoint(self.path, weights_only=False)
         self._saved_step = trainer.global_step
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
         """Periodically, and when something (max_time) stops training in the middle of an epoch."""
         every = self.every_n_train_steps
         due = every > 0 and trainer.global_step % every == 0

@@ -1,7 +1,8 @@
 """The `seq2seq` command: thin wrappers that parse, call library functions and print.
 
     seq2seq train --config configs/tatoeba-en-fr.yaml [--model.learning_rate 5e-4 ...]
-    seq2seq translate --checkpoint CKPT [--input F] [--output F] [--beam-size 5 --nbest 3 --scores --attention DIR]
+    seq2seq translate --checkpoint CKPT [--input F] [--output F]
+        [--beam-size 5 --nbest 3 --scores --attention DIR]
     seq2seq evaluate --checkpoint CKPT [--split NAME] [--beam-size 5]
     seq2seq evaluate --hyp FILE --ref FILE [--ref FILE ...]
     seq2seq average --output CKPT CKPT1 CKPT2 ...
@@ -50,35 +51,65 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="seq2seq", description="GRU + attention neural machine translation.")
+    parser = argparse.ArgumentParser(
+        prog="seq2seq", description="GRU + attention neural machine translation."
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser("train", help="train a model (LightningCLI: seq2seq train --help)", add_help=False)
+    commands.add_parser(
+        "train", help="train a model (LightningCLI: seq2seq train --help)", add_help=False
+    )
 
     translate = commands.add_parser("translate", help="translate lines of text (stdin or a file)")
     translate.add_argument("--checkpoint", required=True, help="a .ckpt written by seq2seq train")
-    translate.add_argument("--input", help="file to translate, one sentence a line (default: stdin)")
+    translate.add_argument(
+        "--input", help="file to translate, one sentence a line (default: stdin)"
+    )
     translate.add_argument("--output", help="file to write (default: stdout)")
     translate.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    translate.add_argument("--nbest", type=int, default=1, help="hypotheses per line (needs --beam-size at least as large): "
-                           "N lines per input line, each LINE_NUMBER<TAB>TRANSLATION, best first")
-    translate.add_argument("--scores", action="store_true", help="append <TAB>log-probability to every output line")
-    translate.add_argument("--attention", metavar="DIR", help="write a heatmap PNG of the attention per sentence (DIR/000001.png, ...)")
+    translate.add_argument(
+        "--nbest",
+        type=int,
+        default=1,
+        help="hypotheses per line (needs --beam-size at least as large): "
+        "N lines per input line, each LINE_NUMBER<TAB>TRANSLATION, best first",
+    )
+    translate.add_argument(
+        "--scores", action="store_true", help="append <TAB>log-probability to every output line"
+    )
+    translate.add_argument(
+        "--attention",
+        metavar="DIR",
+        help="write a heatmap PNG of the attention per sentence (DIR/000001.png, ...)",
+    )
     add_batch_size_argument(translate)
     add_search_arguments(translate)
     translate.set_defaults(run=run_translate)
 
-    evaluate = commands.add_parser("evaluate", help="BLEU, chrF and TER of a model on its corpus, or of given files")
+    evaluate = commands.add_parser(
+        "evaluate", help="BLEU, chrF and TER of a model on its corpus, or of given files"
+    )
     evaluate.add_argument("--checkpoint", help="a .ckpt written by seq2seq train")
     evaluate.add_argument("--split", help="split to score (default: every test split)")
-    evaluate.add_argument("--mirror", help="folder to copy corpus files from (default: $SEQ2SEQ_DATA_MIRROR)")
-    evaluate.add_argument("--hyp", help="score this file of translations instead of a checkpoint (with --ref)")
-    evaluate.add_argument("--ref", action="append", default=[], help="reference file for --hyp; repeat for more references")
+    evaluate.add_argument(
+        "--mirror", help="folder to copy corpus files from (default: $SEQ2SEQ_DATA_MIRROR)"
+    )
+    evaluate.add_argument(
+        "--hyp", help="score this file of translations instead of a checkpoint (with --ref)"
+    )
+    evaluate.add_argument(
+        "--ref",
+        action="append",
+        default=[],
+        help="reference file for --hyp; repeat for more references",
+    )
     add_batch_size_argument(evaluate)
     add_search_arguments(evaluate)
     evaluate.set_defaults(run=run_evaluate)
 
     average = commands.add_parser("average", help="average the weights of checkpoints of one run")
-    average.add_argument("checkpoints", nargs="+", help="checkpoints to average, e.g. checkpoints/RUN/step*.ckpt")
+    average.add_argument(
+        "checkpoints", nargs="+", help="checkpoints to average, e.g. checkpoints/RUN/step*.ckpt"
+    )
     average.add_argument("--output", required=True, help="the averaged checkpoint to write")
     average.set_defaults(run=run_average)
 
@@ -87,33 +118,86 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--output", help="PNG to write (default: RUN_DIR/curves.png)")
     plot.set_defaults(run=run_plot)
 
-    bench = commands.add_parser("bench", help="measure training and translation speed of the reference model here")
-    bench.add_argument("--config", default="configs/bench-multi30k-en-de.yaml", help="the model and data to measure")
-    bench.add_argument("--checkpoint", help="trained model for translation (default: the config's run folder best.ckpt)")
-    bench.add_argument("--precision", nargs="+", default=["32-true", "bf16-mixed"], help="training precisions to measure")
-    bench.add_argument("--warmup-steps", type=int, default=20, help="training steps before timing starts")
+    bench = commands.add_parser(
+        "bench", help="measure training and translation speed of the reference model here"
+    )
+    bench.add_argument(
+        "--config",
+        default="configs/bench-multi30k-en-de.yaml",
+        help="the model and data to measure",
+    )
+    bench.add_argument(
+        "--checkpoint",
+        help="trained model for translation (default: the config's run folder best.ckpt)",
+    )
+    bench.add_argument(
+        "--precision",
+        nargs="+",
+        default=["32-true", "bf16-mixed"],
+        help="training precisions to measure",
+    )
+    bench.add_argument(
+        "--warmup-steps", type=int, default=20, help="training steps before timing starts"
+    )
     bench.add_argument("--steps", type=int, default=100, help="training steps timed")
     bench.add_argument("--sentences", type=int, default=1000, help="test sentences translated")
-    bench.add_argument("--mirror", help="folder to copy corpus files from (default: $SEQ2SEQ_DATA_MIRROR)")
+    bench.add_argument(
+        "--mirror", help="folder to copy corpus files from (default: $SEQ2SEQ_DATA_MIRROR)"
+    )
     bench.add_argument("--output", default="BENCHMARKS", help="writes OUTPUT.md and OUTPUT.json")
-    bench.add_argument("--serve", action="store_true",
-                       help="measure `seq2seq serve` instead: concurrent clients, batching on and off (its own section)")
-    bench.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64], help="with --serve: client counts")
-    bench.add_argument("--time-limit", type=float, default=60.0, help="with --serve: most seconds per client count and side")
-    bench.add_argument("--serve-precisions", nargs="+", choices=("fp32", "bf16", "int8"), default=["fp32", "int8"],
-                       help="with --serve: the servers' --precision, each measured in turn (int8: the fastest on CPUs)")
+    bench.add_argument(
+        "--serve",
+        action="store_true",
+        help=(
+            "measure `seq2seq serve` instead: concurrent clients, batching on and off "
+            "(its own section)"
+        ),
+    )
+    bench.add_argument(
+        "--clients", type=int, nargs="+", default=[1, 4, 16, 64], help="with --serve: client counts"
+    )
+    bench.add_argument(
+        "--time-limit",
+        type=float,
+        default=60.0,
+        help="with --serve: most seconds per client count and side",
+    )
+    bench.add_argument(
+        "--serve-precisions",
+        nargs="+",
+        choices=("fp32", "bf16", "int8"),
+        default=["fp32", "int8"],
+        help=(
+            "with --serve: the servers' --precision, each measured in turn "
+            "(int8: the fastest on CPUs)"
+        ),
+    )
     bench.set_defaults(run=run_bench)
 
-    serve = commands.add_parser("serve", help="serve translations over HTTP (own API, LibreTranslate's, OpenNMT-py's; a page at /)")
-    serve.add_argument("--checkpoint", action="append", required=True,
-                       help="a .ckpt written by seq2seq train; repeat it to serve one model per language pair")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    serve = commands.add_parser(
+        "serve",
+        help="serve translations over HTTP (own API, LibreTranslate's, OpenNMT-py's; a page at /)",
+    )
+    serve.add_argument(
+        "--checkpoint",
+        action="append",
+        required=True,
+        help="a .ckpt written by seq2seq train; repeat it to serve one model per language pair",
+    )
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: this machine only)"
+    )
     serve.add_argument("--port", type=int, default=8000, help="port to listen on")
-    serve.add_argument("--api-key", default=os.environ.get("SEQ2SEQ_API_KEY"),
-                       help="require this key (Authorization: Bearer KEY) on every route but /health and the page "
-                            "(default: $SEQ2SEQ_API_KEY; none: open)")
+    serve.add_argument(
+        "--api-key",
+        default=os.environ.get("SEQ2SEQ_API_KEY"),
+        help="require this key (Authorization: Bearer KEY) on every route but /health and the page "
+        "(default: $SEQ2SEQ_API_KEY; none: open)",
+    )
     serve.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    serve.add_argument("--access-log", action="store_true", help="log every request (uvicorn's access log)")
+    serve.add_argument(
+        "--access-log", action="store_true", help="log every request (uvicorn's access log)"
+    )
     add_search_arguments(serve)
     add_limit_arguments(serve)
     serve.set_defaults(run=run_serve)
@@ -131,40 +215,74 @@ def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
     limits = parser.add_argument_group("limits and batching (see ServeLimits)")
     for field in dataclasses.fields(ServeLimits):
         if field.name == "batching":
-            limits.add_argument("--no-batching", dest="batching", action="store_false",
-                                help="translate one request at a time (the load benchmark's baseline)")
+            limits.add_argument(
+                "--no-batching",
+                dest="batching",
+                action="store_false",
+                help="translate one request at a time (the load benchmark's baseline)",
+            )
         else:
             kind = {"int": int, "float": float}[str(field.type)]
-            limits.add_argument(f"--{field.name.replace('_', '-')}", type=kind, default=field.default,
-                                help=f"{field.metadata['help']} (default {field.default:,})")
+            limits.add_argument(
+                f"--{field.name.replace('_', '-')}",
+                type=kind,
+                default=field.default,
+                help=f"{field.metadata['help']} (default {field.default:,})",
+            )
 
 
 def add_search_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--beam-size", type=int, default=1, help="1: greedy search (default); more: beam search")
-    parser.add_argument("--alpha", type=float, default=0.6, help="beam search length penalty (GNMT); 0: none")
-    parser.add_argument("--beta", type=float, default=0.3,
-                        help="beam search coverage penalty (GNMT): against dropped source words; 0: none")
-    parser.add_argument("--max-length-ratio", type=float, help="output cap in tokens per source token (default: the training setting)")
-    parser.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
-                        help="int8: dynamic quantization, faster on CPUs; bf16: autocast, for GPUs")
-    parser.add_argument("--workers", type=int,
-                        help="batches translated side by side on a CPU, sharing torch's threads (default: one per thread)")
+    parser.add_argument(
+        "--beam-size", type=int, default=1, help="1: greedy search (default); more: beam search"
+    )
+    parser.add_argument(
+        "--alpha", type=float, default=0.6, help="beam search length penalty (GNMT); 0: none"
+    )
+    parser.add_argument(
+        "--beta",
+        type=float,
+        default=0.3,
+        help="beam search coverage penalty (GNMT): against dropped source words; 0: none",
+    )
+    parser.add_argument(
+        "--max-length-ratio",
+        type=float,
+        help="output cap in tokens per source token (default: the training setting)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "int8"),
+        default="fp32",
+        help="int8: dynamic quantization, faster on CPUs; bf16: autocast, for GPUs",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help=(
+            "batches translated side by side on a CPU, sharing torch's threads "
+            "(default: one per thread)"
+        ),
+    )
 
 
 def search_settings(args: argparse.Namespace) -> SearchSettings:
     from seq2seq.translate import SearchSettings
 
-    return SearchSettings(args.beam_size, args.alpha, args.beta, getattr(args, "nbest", 1), args.max_length_ratio)
+    return SearchSettings(
+        args.beam_size, args.alpha, args.beta, getattr(args, "nbest", 1), args.max_length_ratio
+    )
 
 
 def run_translate(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    from seq2seq.corpora import read_lines
     from seq2seq.atomic import write_lines
+    from seq2seq.corpora import read_lines
     from seq2seq.translate import Translator
 
-    translator = Translator.from_checkpoint(args.checkpoint, args.device, search_settings(args), args.precision, args.workers)
+    translator = Translator.from_checkpoint(
+        args.checkpoint, args.device, search_settings(args), args.precision, args.workers
+    )
     if args.input is None and sys.stdin.isatty():
         interactive(translator)
         return
@@ -172,7 +290,9 @@ def run_translate(args: argparse.Namespace) -> None:
         lines = read_lines(Path("<stdin>"), sys.stdin.buffer.read())
     else:
         lines = read_lines(Path(args.input))
-    with tqdm(total=len(lines), unit="sent", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
+    with tqdm(
+        total=len(lines), unit="sent", file=sys.stderr, disable=not sys.stderr.isatty()
+    ) as bar:
         translations = translator.translate_detailed(lines, args.batch_size, bar.update)
     if args.attention:
         draw_attention(translator, translations, Path(args.attention))
@@ -184,7 +304,8 @@ def run_translate(args: argparse.Namespace) -> None:
 
 
 def format_translations(translations: list[Translation], nbest: int, scores: bool) -> list[str]:
-    """One line per input line, or with nbest > 1, `nbest` lines `LINE_NUMBER<TAB>TRANSLATION` per input line."""
+    """One line per input line, or with nbest > 1, `nbest` lines `LINE_NUMBER<TAB>TRANSLATION` per
+    input line."""
     lines = []
     for number, translation in enumerate(translations, start=1):
         candidates = list(zip(translation.texts, translation.hypotheses)) or [("", None)] * nbest
@@ -237,7 +358,13 @@ def interactive(translator: Translator) -> None:
         print(translation.text)
         if show_attention and translation.hypotheses:
             best = translation.hypotheses[0]
-            print(attention_text(translator.source_pieces(translation), translator.target_pieces(best), best.attention))
+            print(
+                attention_text(
+                    translator.source_pieces(translation),
+                    translator.target_pieces(best),
+                    best.attention,
+                )
+            )
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
@@ -245,14 +372,24 @@ def run_evaluate(args: argparse.Namespace) -> None:
 
     if args.hyp or args.ref:
         if not (args.hyp and args.ref) or args.checkpoint:
-            raise Seq2SeqError("score files with --hyp FILE --ref FILE [--ref FILE ...] (and no --checkpoint)")
+            raise Seq2SeqError(
+                "score files with --hyp FILE --ref FILE [--ref FILE ...] (and no --checkpoint)"
+            )
         for result in score_files(args.hyp, args.ref):
             print(result)
         return
     if not args.checkpoint:
-        raise Seq2SeqError("evaluate needs --checkpoint CKPT (or --hyp FILE --ref FILE to score files)")
+        raise Seq2SeqError(
+            "evaluate needs --checkpoint CKPT (or --hyp FILE --ref FILE to score files)"
+        )
     report = evaluate_checkpoint(
-        args.checkpoint, args.split, args.mirror, args.batch_size, search_settings(args), args.precision, args.workers
+        args.checkpoint,
+        args.split,
+        args.mirror,
+        args.batch_size,
+        search_settings(args),
+        args.precision,
+        args.workers,
     )
     for result in report.results:
         print(f"{result.split} ({result.sentences} sentences, {report.search['name']}):")
@@ -281,20 +418,40 @@ def run_serve(args: argparse.Namespace) -> None:
     from seq2seq.serving.limits import ServeLimits
     from seq2seq.serving.server import serve
 
-    limits = ServeLimits(**{field.name: getattr(args, field.name) for field in dataclasses.fields(ServeLimits)})
-    serve(args.checkpoint, args.host, args.port, args.api_key, search_settings(args), args.precision, limits,
-          args.device, args.workers, args.access_log)
+    limits = ServeLimits(
+        **{field.name: getattr(args, field.name) for field in dataclasses.fields(ServeLimits)}
+    )
+    serve(
+        args.checkpoint,
+        args.host,
+        args.port,
+        args.api_key,
+        search_settings(args),
+        args.precision,
+        limits,
+        args.device,
+        args.workers,
+        args.access_log,
+    )
 
 
 def run_bench(args: argparse.Namespace) -> None:
-    command = "seq2seq bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "seq2seq bench"
+    command = (
+        "seq2seq bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "seq2seq bench"
+    )
     if args.serve:
         run_serve_bench(args, command.strip())
         return
     from seq2seq.bench import run_bench, save
 
     results = run_bench(
-        args.config, args.checkpoint, args.precision, args.warmup_steps, args.steps, sentences=args.sentences, mirror=args.mirror
+        args.config,
+        args.checkpoint,
+        args.precision,
+        args.warmup_steps,
+        args.steps,
+        sentences=args.sentences,
+        mirror=args.mirror,
     )
     save(results, Path(args.output), args.config, args.checkpoint, command.strip())
     print(f"Wrote {args.output}.md and {args.output}.json")
@@ -305,6 +462,13 @@ def run_serve_bench(args: argparse.Namespace, command: str) -> None:
     from seq2seq.serving.loadtest import run_serve_bench, save
 
     checkpoint = args.checkpoint or default_checkpoint(args.config)
-    results = run_serve_bench(checkpoint, args.clients, args.sentences, args.time_limit, args.mirror, args.serve_precisions)
+    results = run_serve_bench(
+        checkpoint,
+        args.clients,
+        args.sentences,
+        args.time_limit,
+        args.mirror,
+        args.serve_precisions,
+    )
     save(results, Path(args.output), command)
     print(f"Wrote the serve section of {args.output}.md and {args.output}.json")

@@ -164,15 +164,18 @@ def read_archive_member(path: Path, member: str) -> bytes:
             for name in archive.namelist():
                 if escapes_folder(name):
                     raise Seq2SeqError(
-                        f"{path} holds a member whose path leaves its folder ({name}); refusing the archive: "
-                        "delete it and fetch the published one again"
+                        f"{path} holds a member whose path leaves its folder ({name}); refusing "
+                        "the archive: delete it and fetch the published one again"
                     )
             if member not in archive.namelist():
-                raise Seq2SeqError(f"{path} has no {member}: delete it and fetch the published archive again")
+                raise Seq2SeqError(
+                    f"{path} has no {member}: delete it and fetch the published archive again"
+                )
             return archive.read(member)
     except (zipfile.BadZipFile, OSError) as error:
         raise Seq2SeqError(
-            f"{path} is not a readable zip archive ({error}): delete it and fetch the published one again"
+            f"{path} is not a readable zip archive ({error}): delete it and fetch the published "
+            "one again"
         ) from None
 
 
@@ -261,10 +264,19 @@ class Tatoeba(Corpus):
     )
     pairs_supported = ("en-fr", "fr-en")
 
-    def __init__(self, source_lang: str, target_lang: str, test_sources: int = 2000, valid_sources: int = 1000) -> None:
+    def __init__(
+        self,
+        source_lang: str,
+        target_lang: str,
+        test_sources: int = 2000,
+        valid_sources: int = 1000,
+    ) -> None:
         super().__init__(source_lang, target_lang)
         if self.pair not in self.pairs_supported:
-            raise Seq2SeqError(f"corpus tatoeba has no pair {self.pair}; choose one of {', '.join(self.pairs_supported)}")
+            raise Seq2SeqError(
+                f"corpus tatoeba has no pair {self.pair}; choose one of "
+                f"{', '.join(self.pairs_supported)}"
+            )
         self.test_sources = test_sources
         self.valid_sources = valid_sources
 
@@ -322,9 +334,12 @@ class Multi30k(Corpus):
         languages = {key.split(".")[1] for key in self.checksums}
         if source_lang == target_lang or not {source_lang, target_lang} <= languages:
             raise Seq2SeqError(
-                f"corpus multi30k has no pair {self.pair}; languages are {', '.join(sorted(languages))}"
+                f"corpus multi30k has no pair {self.pair}; languages are "
+                f"{', '.join(sorted(languages))}"
             )
-        self.splits = [s for s in self.all_splits if self._has(s, source_lang) and self._has(s, target_lang)]
+        self.splits = [
+            s for s in self.all_splits if self._has(s, source_lang) and self._has(s, target_lang)
+        ]
         self.test_splits = tuple(s for s in self.splits if s.startswith("test"))
 
     def _has(self, split: str, lang: str) -> bool:
@@ -335,7 +350,11 @@ class Multi30k(Corpus):
         return RemoteFile(f"multi30k/{key}.gz", f"{self.base_url}{key}.gz", self.checksums[key])
 
     def remote_files(self) -> list[RemoteFile]:
-        return [self._remote(s, lang) for s in self.splits for lang in (self.source_lang, self.target_lang)]
+        return [
+            self._remote(s, lang)
+            for s in self.splits
+            for lang in (self.source_lang, self.target_lang)
+        ]
 
     def load(self, data_dir: Path) -> Splits:
         splits = {}
@@ -358,8 +377,10 @@ class Custom(Corpus):
         missing = {"train", "valid"} - set(files)
         if missing:
             raise Seq2SeqError(
-                f"corpus custom needs files for the splits train and valid (missing: {', '.join(sorted(missing))}); "
-                "give data.custom_files as {split: [source_file, target_file]} or {split: [file.tsv]}"
+                "corpus custom needs files for the splits train and valid (missing: "
+                f"{', '.join(sorted(missing))}); "
+                "give data.custom_files as {split: [source_file, target_file]} or "
+                "{split: [file.tsv]}"
             )
         self.files = files
         self.test_splits = tuple(split for split in files if split not in ("train", "valid"))
@@ -371,11 +392,17 @@ class Custom(Corpus):
         splits = {}
         for split, paths in self.files.items():
             if len(paths) == 2:
-                examples = [Example(normalize(s), (normalize(t),)) for s, t in read_parallel(Path(paths[0]), Path(paths[1]))]
+                examples = [
+                    Example(normalize(s), (normalize(t),))
+                    for s, t in read_parallel(Path(paths[0]), Path(paths[1]))
+                ]
             elif len(paths) == 1:
                 examples = read_tsv(Path(paths[0]))
             else:
-                raise Seq2SeqError(f"custom split {split!r}: give one TSV file or two aligned files, got {len(paths)}")
+                raise Seq2SeqError(
+                    f"custom split {split!r}: give one TSV file or two aligned files, got "
+                    f"{len(paths)}"
+                )
             splits[split] = [e for e in examples if e.source and all(e.references)]
         return splits
 
@@ -396,7 +423,9 @@ def read_tsv(path: Path) -> list[Example]:
     for number, line in enumerate(read_lines(path), start=1):
         columns = line.split("\t")
         if len(columns) < 2:
-            raise Seq2SeqError(f"{path}, line {number}: expected 'source<TAB>reference', found no tab")
+            raise Seq2SeqError(
+                f"{path}, line {number}: expected 'source<TAB>reference', found no tab"
+            )
         examples.append(Example(normalize(columns[0]), tuple(normalize(c) for c in columns[1:])))
     return examples
 
@@ -404,7 +433,9 @@ def read_tsv(path: Path) -> list[Example]:
 CORPORA = {"tatoeba": Tatoeba, "multi30k": Multi30k, "custom": Custom}
 
 
-def open_corpus(name: str, source_lang: str, target_lang: str, custom_files: dict[str, list[str]] | None = None) -> Corpus:
+def open_corpus(
+    name: str, source_lang: str, target_lang: str, custom_files: dict[str, list[str]] | None = None
+) -> Corpus:
     """The corpus called `name` for the direction source_lang → target_lang."""
     if name not in CORPORA:
         raise Seq2SeqError(f"unknown corpus {name!r}; choose one of {', '.join(CORPORA)}")

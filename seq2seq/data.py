@@ -90,7 +90,9 @@ class TokenBatchSampler(Sampler[list[int]]):
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is not one of the {num_replicas} replicas")
         self.lengths = torch.tensor(lengths)
-        self.target_lengths = self.lengths if target_lengths is None else torch.tensor(target_lengths)
+        self.target_lengths = (
+            self.lengths if target_lengths is None else torch.tensor(target_lengths)
+        )
         self.max_tokens = max_tokens
         self.shuffle = shuffle
         self.seed = seed
@@ -102,7 +104,8 @@ class TokenBatchSampler(Sampler[list[int]]):
 
     @property
     def sampler(self) -> TokenBatchSampler:
-        """Lightning calls `set_epoch` on `batch_sampler.sampler` (torch's BatchSampler layout), so point it here."""
+        """Lightning calls `set_epoch` on `batch_sampler.sampler` (torch's BatchSampler layout), so
+        point it here."""
         return self
 
     def set_epoch(self, epoch: int) -> None:
@@ -119,9 +122,13 @@ class TokenBatchSampler(Sampler[list[int]]):
         return self._resume[1]
 
     def batches(self) -> list[list[int]]:
-        """This process's batches of this epoch, computed once (Lightning asks for the length and then iterates)."""
+        """This process's batches of this epoch, computed once (Lightning asks for the length and
+        then iterates)."""
         if self._cached is None or self._cached[0] != self.epoch:
-            self._cached = (self.epoch, share(self._make_batches(), self.num_replicas)[self.rank :: self.num_replicas])
+            self._cached = (
+                self.epoch,
+                share(self._make_batches(), self.num_replicas)[self.rank :: self.num_replicas],
+            )
         return self._cached[1]
 
     def _make_batches(self) -> list[list[int]]:
@@ -280,7 +287,13 @@ class TranslationDataModule(L.LightningDataModule):
 
     def _tokenizer_paths(self) -> tuple[Path, Path]:
         settings = json.dumps(
-            [self.describe(), self.vocab_size, self.tokenizer_type, self.joint_vocabulary, self.max_train_examples],
+            [
+                self.describe(),
+                self.vocab_size,
+                self.tokenizer_type,
+                self.joint_vocabulary,
+                self.max_train_examples,
+            ],
             sort_keys=True,
         )
         key = hashlib.sha256(settings.encode()).hexdigest()[:16]
@@ -292,12 +305,15 @@ class TranslationDataModule(L.LightningDataModule):
     def load_splits(self) -> dict[str, list[Example]]:
         splits = self.corpus.load(self.data_dir)
         if self.max_train_examples is not None:
-            splits[self.corpus.train_split] = splits[self.corpus.train_split][: self.max_train_examples]
+            splits[self.corpus.train_split] = splits[self.corpus.train_split][
+                : self.max_train_examples
+            ]
         for name in (self.corpus.train_split, self.corpus.valid_split):
             if not splits.get(name):
                 raise Seq2SeqError(
-                    f"the {name} split of corpus {self.corpus_name} ({self.corpus.pair}) is empty after cleaning "
-                    "(pairs with an empty side are dropped): give it files with at least one sentence pair"
+                    f"the {name} split of corpus {self.corpus_name} ({self.corpus.pair}) is empty "
+                    "after cleaning (pairs with an empty side are dropped): give it files with at "
+                    "least one sentence pair"
                 )
         return splits
 
@@ -314,8 +330,12 @@ class TranslationDataModule(L.LightningDataModule):
             joint = train_tokenizer(sources + targets, self.vocab_size, self.tokenizer_type)
             source_model = target_model = joint.model_proto
         else:
-            source_model = train_tokenizer(sources, self.vocab_size, self.tokenizer_type).model_proto
-            target_model = train_tokenizer(targets, self.vocab_size, self.tokenizer_type).model_proto
+            source_model = train_tokenizer(
+                sources, self.vocab_size, self.tokenizer_type
+            ).model_proto
+            target_model = train_tokenizer(
+                targets, self.vocab_size, self.tokenizer_type
+            ).model_proto
         for path, model in ((source_path, source_model), (target_path, target_model)):
             with atomic_write(path) as out:
                 out.write(model)
@@ -328,13 +348,19 @@ class TranslationDataModule(L.LightningDataModule):
         self.target_tokenizer = Tokenizer(target_path.read_bytes())
         self.splits = self.load_splits()
         train = training_pairs(self.splits[self.corpus.train_split])
-        self.train_pairs = [p for p in self.encode(train) if max(len(p.source), len(p.target) + 1) <= self.max_length]
+        self.train_pairs = [
+            p
+            for p in self.encode(train)
+            if max(len(p.source), len(p.target) + 1) <= self.max_length
+        ]
         dropped = len(train) - len(self.train_pairs)
         print(
             "Corpus {} {}: {}; {} training pairs longer than {} tokens dropped".format(
                 self.corpus_name,
                 self.corpus.pair,
-                ", ".join(f"{name} {len(examples):,} sources" for name, examples in self.splits.items()),
+                ", ".join(
+                    f"{name} {len(examples):,} sources" for name, examples in self.splits.items()
+                ),
                 f"{dropped:,}",
                 self.max_length,
             )
@@ -352,16 +378,27 @@ class TranslationDataModule(L.LightningDataModule):
         return self.encode([(e.source, e.references[0]) for e in self.splits[split]])
 
     def _loader(self, pairs: list[EncodedPair], shuffle: bool) -> DataLoader:
-        """Token batches of `pairs`; under DDP, this process's share of them (see `TokenBatchSampler`)."""
+        """Token batches of `pairs`; under DDP, this process's share of them (see
+        `TokenBatchSampler`)."""
         target_lengths = [len(p.target) + 1 for p in pairs]  # with bos (or eos)
         lengths = [max(len(p.source), length) for p, length in zip(pairs, target_lengths)]
-        processes, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
-        sampler = TokenBatchSampler(lengths, self.max_tokens, shuffle, self.seed, processes, rank, target_lengths)
+        processes, rank = (
+            (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        )
+        sampler = TokenBatchSampler(
+            lengths, self.max_tokens, shuffle, self.seed, processes, rank, target_lengths
+        )
         loader = ResumableDataLoader if shuffle else DataLoader  # validation always runs whole
         # its own generator: starting a pass draws a worker seed, which must not move the
         # global RNG (dropout), or a resumed run would drift from an uninterrupted one
         generator = torch.Generator().manual_seed(self.seed)
-        return loader(pairs, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers, generator=generator)
+        return loader(
+            pairs,
+            batch_sampler=sampler,
+            collate_fn=collate,
+            num_workers=self.num_workers,
+            generator=generator,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_pairs, shuffle=True)

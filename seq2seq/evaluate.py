@@ -18,9 +18,9 @@ from pathlib import Path
 from sacrebleu.metrics import BLEU, CHRF, TER
 from sacrebleu.metrics.bleu import BLEUScore
 
+from seq2seq.atomic import write_lines
 from seq2seq.corpora import Example, open_corpus, read_lines
 from seq2seq.errors import Seq2SeqError
-from seq2seq.atomic import write_lines
 from seq2seq.translate import SearchSettings, Translator
 
 
@@ -38,13 +38,21 @@ class Score:
     details: str = ""
 
     def __str__(self) -> str:
-        return f"{self.name} = {self.score:.2f}{'  ' + self.details if self.details else ''}  ({self.signature})"
+        return (
+            f"{self.name} = {self.score:.2f}{'  ' + self.details if self.details else ''}  "
+            f"({self.signature})"
+        )
 
 
 def score(hypotheses: list[str], references: list[tuple[str, ...]]) -> list[Score]:
     """BLEU, lowercased BLEU, chrF and TER of `hypotheses` against one or more references each."""
     streams = reference_streams(references)
-    metrics = {"BLEU": BLEU(), "BLEU lowercased": BLEU(lowercase=True), "chrF": CHRF(), "TER": TER()}
+    metrics = {
+        "BLEU": BLEU(),
+        "BLEU lowercased": BLEU(lowercase=True),
+        "chrF": CHRF(),
+        "TER": TER(),
+    }
     scores = []
     for name, metric in metrics.items():
         result = metric.corpus_score(hypotheses, streams)
@@ -57,7 +65,10 @@ def bleu_details(result: BLEUScore) -> str:
     """`67.1/42.6/29.3/20.0 (BP = 0.920 ratio = 0.923 hyp_len = 11836 ref_len = 12825)`."""
     precisions = "/".join(f"{p:.1f}" for p in result.precisions)
     ratio = result.sys_len / max(result.ref_len, 1)
-    return f"{precisions} (BP = {result.bp:.3f} ratio = {ratio:.3f} hyp_len = {result.sys_len} ref_len = {result.ref_len})"
+    return (
+        f"{precisions} (BP = {result.bp:.3f} ratio = {ratio:.3f} "
+        f"hyp_len = {result.sys_len} ref_len = {result.ref_len})"
+    )
 
 
 def score_files(hypothesis_file: str | Path, reference_files: list[str | Path]) -> list[Score]:
@@ -68,17 +79,21 @@ def score_files(hypothesis_file: str | Path, reference_files: list[str | Path]) 
         references = read_lines(Path(reference_file))
         if len(references) != len(hypotheses):
             raise Seq2SeqError(
-                f"{reference_file} has {len(references)} lines but {hypothesis_file} has {len(hypotheses)}: "
-                "a reference file needs exactly one line per translation"
+                f"{reference_file} has {len(references)} lines but {hypothesis_file} has "
+                f"{len(hypotheses)}: a reference file needs exactly one line per translation"
             )
         columns.append(references)
     return score(hypotheses, list(zip(*columns)))
 
 
-def load_split(translator: Translator, split: str | None, mirror: str | None = None) -> dict[str, list[Example]]:
+def load_split(
+    translator: Translator, split: str | None, mirror: str | None = None
+) -> dict[str, list[Example]]:
     """The named split (default: every test split) of the corpus the model was trained on."""
     info = translator.corpus
-    corpus = open_corpus(info["corpus"], info["source_lang"], info["target_lang"], info.get("custom_files"))
+    corpus = open_corpus(
+        info["corpus"], info["source_lang"], info["target_lang"], info.get("custom_files")
+    )
     data_dir = Path(info["data_dir"])
     corpus.prepare(data_dir, mirror)
     splits = corpus.load(data_dir)
@@ -86,8 +101,8 @@ def load_split(translator: Translator, split: str | None, mirror: str | None = N
     unknown = [name for name in wanted if name not in splits]
     if unknown or not wanted:
         raise Seq2SeqError(
-            f"corpus {info['corpus']} ({corpus.pair}) has no split {', '.join(unknown) or '(no test split)'}; "
-            f"splits: {', '.join(splits)}"
+            f"corpus {info['corpus']} ({corpus.pair}) has no split "
+            f"{', '.join(unknown) or '(no test split)'}; splits: {', '.join(splits)}"
         )
     return {name: splits[name] for name in wanted}
 
@@ -113,26 +128,39 @@ class Report:
     corpus: dict
     results: list[SplitResult]
     files: list[str] = field(default_factory=list)  # where this report is saved (.md, .json)
-    software: dict = field(default_factory=lambda: {name: version(name) for name in ("torch", "sacrebleu", "sentencepiece")})
-    date: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    software: dict = field(
+        default_factory=lambda: {
+            name: version(name) for name in ("torch", "sacrebleu", "sentencepiece")
+        }
+    )
+    date: str = field(
+        default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds")
+    )
 
     def markdown(self) -> str:
         corpus = self.corpus
         lines = [
             f"# Evaluation of `{self.checkpoint}`",
             "",
-            f"Corpus {corpus.get('corpus')} {corpus.get('source_lang')}→{corpus.get('target_lang')}; "
-            f"search {self.search['name']} (beam size {self.search['beam_size']}, alpha {self.search['alpha']}, beta {self.search['beta']}, "
-            f"max length ratio {self.search['max_length_ratio']}, {self.search['precision']}); {self.date}; "
+            f"Corpus {corpus.get('corpus')} "
+            f"{corpus.get('source_lang')}→{corpus.get('target_lang')}; search "
+            f"{self.search['name']} (beam size {self.search['beam_size']}, alpha "
+            f"{self.search['alpha']}, beta {self.search['beta']}, max length ratio "
+            f"{self.search['max_length_ratio']}, {self.search['precision']}); {self.date}; "
             + ", ".join(f"{name} {v}" for name, v in self.software.items()),
             "",
-            "| split | sentences | refs | " + " | ".join(s.name for s in self.results[0].scores) + " | sent/s |",
+            "| split | sentences | refs | "
+            + " | ".join(s.name for s in self.results[0].scores)
+            + " | sent/s |",
             "|---|---|---|" + "---|" * (len(self.results[0].scores) + 1),
         ]
         for result in self.results:
             scores = " | ".join(f"{s.score:.2f}" for s in result.scores)
             speed = result.sentences / max(result.seconds, 1e-9)
-            lines.append(f"| {result.split} | {result.sentences} | {result.references_per_sentence} | {scores} | {speed:.0f} |")
+            lines.append(
+                f"| {result.split} | {result.sentences} | {result.references_per_sentence} | "
+                f"{scores} | {speed:.0f} |"
+            )
         lines += ["", "sacreBLEU signatures:", ""]
         lines += [f"- {s.name}: `{s.signature}`" for s in self.results[0].scores]
         lines += ["", "Translations: " + ", ".join(f"`{r.hypotheses_file}`" for r in self.results)]
@@ -140,7 +168,10 @@ class Report:
 
     def save(self, stem: Path) -> None:
         """Write `<stem>.md` and `<stem>.json` (atomically)."""
-        self.files = [str(stem.with_name(stem.name + ".md")), str(stem.with_name(stem.name + ".json"))]
+        self.files = [
+            str(stem.with_name(stem.name + ".md")),
+            str(stem.with_name(stem.name + ".json")),
+        ]
         write_lines(self.files[0], [self.markdown()])
         write_lines(self.files[1], [json.dumps(asdict(self), indent=2, ensure_ascii=False)])
 
@@ -161,22 +192,40 @@ def evaluate_checkpoint(
     keeps runs with different settings apart.
     """
     checkpoint = Path(checkpoint)
-    translator = Translator.from_checkpoint(checkpoint, search=search, precision=precision, workers=workers)
-    prefix = f"{checkpoint.stem}.{search.describe()}" + ("" if precision == "fp32" else f".{precision}")
+    translator = Translator.from_checkpoint(
+        checkpoint, search=search, precision=precision, workers=workers
+    )
+    prefix = f"{checkpoint.stem}.{search.describe()}" + (
+        "" if precision == "fp32" else f".{precision}"
+    )
     results = []
     for name, examples in load_split(translator, split, mirror).items():
         start = time.perf_counter()
         hypotheses = translator.translate([e.source for e in examples], batch_size)
         seconds = time.perf_counter() - start
-        hypotheses_file = checkpoint.with_name(f"{prefix}.{name}.{translator.corpus['target_lang']}")
+        hypotheses_file = checkpoint.with_name(
+            f"{prefix}.{name}.{translator.corpus['target_lang']}"
+        )
         write_lines(hypotheses_file, hypotheses)
         references = [e.references for e in examples]
         results.append(
-            SplitResult(name, len(examples), max(map(len, references)), str(hypotheses_file), seconds, score(hypotheses, references))
+            SplitResult(
+                name,
+                len(examples),
+                max(map(len, references)),
+                str(hypotheses_file),
+                seconds,
+                score(hypotheses, references),
+            )
         )
     report = Report(
         str(checkpoint),
-        {"name": search.describe(), **asdict(search), "max_length_ratio": translator.max_length_ratio, "precision": precision},
+        {
+            "name": search.describe(),
+            **asdict(search),
+            "max_length_ratio": translator.max_length_ratio,
+            "precision": precision,
+        },
         translator.corpus,
         results,
     )

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from torch import Tensor
 
-from seq2seq.errors import Seq2SeqError
 from seq2seq.atomic import atomic_write
+from seq2seq.errors import Seq2SeqError
 
 SHADES = " ·░▒▓█"  # attention weight 0 → 1, for the text view
 INCHES_PER_TOKEN = 0.22  # keeps 50-token sentences legible at 8-point labels
@@ -32,7 +32,9 @@ def save_figure(figure, path: Path) -> None:
         figure.savefig(out, format="png", dpi=120, bbox_inches="tight")
 
 
-def attention_heatmap(source_pieces: list[str], target_pieces: list[str], weights: Tensor, path: Path, title: str = "") -> None:
+def attention_heatmap(
+    source_pieces: list[str], target_pieces: list[str], weights: Tensor, path: Path, title: str = ""
+) -> None:
     """One PNG: source pieces along the x axis, target pieces down the y axis.
 
     weights: (len(target_pieces), len(source_pieces)), each row a distribution.
@@ -60,16 +62,26 @@ def attention_text(source_pieces: list[str], target_pieces: list[str], weights: 
     widths = [len(piece) + 1 for piece in source_pieces]
     lines = [" " * label_width + "".join(piece.ljust(w) for piece, w in zip(source_pieces, widths))]
     for piece, row in zip(target_pieces, weights.tolist()):
-        cells = (SHADES[min(int(weight * len(SHADES)), len(SHADES) - 1)].ljust(w) for weight, w in zip(row, widths))
+        cells = (
+            SHADES[min(int(weight * len(SHADES)), len(SHADES) - 1)].ljust(w)
+            for weight, w in zip(row, widths)
+        )
         lines.append(piece.ljust(label_width) + "".join(cells))
     return "\n".join(line.rstrip() for line in lines)
 
 
 def read_run_metrics(run_dir: Path) -> list[dict[str, str]]:
-    """Every metrics row of a run, across its resumed versions (logs/version_N/metrics.csv) in order."""
-    files = sorted((run_dir / "logs").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[-1]))
+    """Every metrics row of a run, across its resumed versions (logs/version_N/metrics.csv) in
+    order."""
+    files = sorted(
+        (run_dir / "logs").glob("version_*/metrics.csv"),
+        key=lambda p: int(p.parent.name.split("_")[-1]),
+    )
     if not files:
-        raise Seq2SeqError(f"{run_dir} has no logs/version_*/metrics.csv: pass a run folder written by seq2seq train")
+        raise Seq2SeqError(
+            f"{run_dir} has no logs/version_*/metrics.csv: pass a run folder written by seq2seq "
+            "train"
+        )
     rows: list[dict[str, str]] = []
     for path in files:
         with open(path, newline="", encoding="utf-8") as handle:
@@ -78,7 +90,9 @@ def read_run_metrics(run_dir: Path) -> list[dict[str, str]]:
 
 
 def _series(rows: list[dict[str, str]], column: str) -> tuple[list[int], list[float]]:
-    points = [(int(row["step"]), float(row[column])) for row in rows if row.get(column) not in (None, "")]
+    points = [
+        (int(row["step"]), float(row[column])) for row in rows if row.get(column) not in (None, "")
+    ]
     return [step for step, _ in points], [value for _, value in points]
 
 
@@ -89,7 +103,9 @@ def training_curves(run_dir: Path, path: Path) -> None:
     figure, (loss_axes, bleu_axes) = plt.subplots(1, 2, figsize=(11, 4))
     for column, label in (("train_loss", "training loss"), ("val_loss", "validation loss")):
         steps, values = _series(rows, column)
-        loss_axes.plot(steps, values, label=label, marker="o" if column == "val_loss" else None, markersize=3)
+        loss_axes.plot(
+            steps, values, label=label, marker="o" if column == "val_loss" else None, markersize=3
+        )
     loss_axes.set_xlabel("step")
     loss_axes.set_ylabel("cross-entropy (label-smoothed)")
     loss_axes.legend()

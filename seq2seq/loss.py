@@ -28,7 +28,9 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
             t = target[piece].unsqueeze(1)  # (r, 1)
             log_normalizer = torch.logsumexp(x, dim=-1)  # (r,)
             losses[piece] = (
-                log_normalizer - (1 - smoothing) * x.gather(1, t).squeeze(1) - smoothing * x.mean(dim=-1)
+                log_normalizer
+                - (1 - smoothing) * x.gather(1, t).squeeze(1)
+                - smoothing * x.mean(dim=-1)
             )
             if need_grad:
                 probabilities = x.sub_(log_normalizer.unsqueeze(1)).exp_()  # softmax, in place of x

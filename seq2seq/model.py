@@ -81,8 +81,11 @@ class DecoderState:
     beams: int = 1
 
     def select_sentences(self, indices: Tensor) -> DecoderState:
-        """Keep (or repeat) the sentences `indices`, all their beams: how finished sentences leave."""
-        rows = (indices.unsqueeze(1) * self.beams + torch.arange(self.beams, device=indices.device)).flatten()
+        """Keep (or repeat) the sentences `indices`, all their beams: how finished sentences
+        leave."""
+        rows = (
+            indices.unsqueeze(1) * self.beams + torch.arange(self.beams, device=indices.device)
+        ).flatten()
         return DecoderState(
             self.hidden.index_select(1, rows),
             self.memory.index_select(0, indices),
@@ -96,7 +99,9 @@ class DecoderState:
         within its own sentence. Their count sets the beams per sentence, so the first step can
         grow one row per sentence into `beams` (the encoder states stay shared)."""
         beams = rows.numel() // self.memory.size(0)
-        return DecoderState(self.hidden.index_select(1, rows), self.memory, self.keys, self.source_mask, beams)
+        return DecoderState(
+            self.hidden.index_select(1, rows), self.memory, self.keys, self.source_mask, beams
+        )
 
 
 class Encoder(nn.Module):
@@ -118,9 +123,13 @@ class Encoder(nn.Module):
     def forward(self, source: Tensor, source_lengths: Tensor) -> tuple[Tensor, Tensor]:
         """source: (B, S) ids, source_lengths: (B,). Returns states (B, S, 2H) and final (B, 2H)."""
         embedded = self.dropout(self.embedding(source))  # (B, S, E)
-        packed = pack_padded_sequence(embedded, source_lengths.cpu(), batch_first=True, enforce_sorted=False)
+        packed = pack_padded_sequence(
+            embedded, source_lengths.cpu(), batch_first=True, enforce_sorted=False
+        )
         outputs, last = self.rnn(packed)  # last: (layers * 2, B, H)
-        states, _ = pad_packed_sequence(outputs, batch_first=True, total_length=source.size(1))  # (B, S, 2H)
+        states, _ = pad_packed_sequence(
+            outputs, batch_first=True, total_length=source.size(1)
+        )  # (B, S, 2H)
         final = torch.cat((last[-2], last[-1]), dim=-1)  # (B, 2H): top layer, both directions
         return states, final
 
@@ -164,7 +173,9 @@ class Decoder(nn.Module):
 
     def initial_state(self, memory: Tensor, final: Tensor, source_mask: Tensor) -> DecoderState:
         batch = final.size(0)
-        hidden = torch.tanh(self.bridge(final)).view(batch, self.layers, -1).transpose(0, 1).contiguous()  # (L, B, D)
+        hidden = (
+            torch.tanh(self.bridge(final)).view(batch, self.layers, -1).transpose(0, 1).contiguous()
+        )  # (L, B, D)
         return DecoderState(hidden, memory, self.attention.project_keys(memory), source_mask)
 
     def forward(self, state: DecoderState, previous: Tensor) -> tuple[Tensor, Tensor, DecoderState]:
@@ -172,16 +183,29 @@ class Decoder(nn.Module):
         features, weights, state = self.features(state, previous)
         return self.project(features), weights, state
 
-    def features(self, state: DecoderState, previous: Tensor) -> tuple[Tensor, Tensor, DecoderState]:
+    def features(
+        self, state: DecoderState, previous: Tensor
+    ) -> tuple[Tensor, Tensor, DecoderState]:
         """Everything but the output layer: features (B, T, O), attention (B, T, S), new state."""
         rows, steps = previous.shape  # rows = B * beams
         embedded = self.dropout(self.embedding(previous))  # (B * beams, T, E)
         outputs, hidden = self.rnn(embedded, state.hidden)  # (B * beams, T, D)
-        per_sentence = state.memory.size(0), state.beams * steps  # a sentence's beams query its memory together
-        keys = embedded.reshape(*per_sentence, -1) if self.attention.rule == "concat" else state.keys
-        attended, weights = self.attention.attend(outputs.reshape(*per_sentence, -1), keys, state.memory, state.source_mask)
+        per_sentence = (
+            state.memory.size(0),
+            state.beams * steps,
+        )  # a sentence's beams query its memory together
+        keys = (
+            embedded.reshape(*per_sentence, -1) if self.attention.rule == "concat" else state.keys
+        )
+        attended, weights = self.attention.attend(
+            outputs.reshape(*per_sentence, -1), keys, state.memory, state.source_mask
+        )
         state = DecoderState(hidden, state.memory, state.keys, state.source_mask, state.beams)
-        return attended.view(rows, steps, -1), weights.view(rows, steps, -1), state  # (B * beams, T, O), (B * beams, T, S)
+        return (
+            attended.view(rows, steps, -1),
+            weights.view(rows, steps, -1),
+            state,
+        )  # (B * beams, T, O), (B * beams, T, S)
 
     def project(self, features: Tensor) -> Tensor:
         """The output layer: features (..., O) to logits (..., V)."""
@@ -191,7 +215,9 @@ class Decoder(nn.Module):
 class Seq2Seq(nn.Module):
     """Encoder + attention decoder. `forward` is the teacher-forced training pass."""
 
-    def __init__(self, source_vocab_size: int, target_vocab_size: int, config: ModelConfig = ModelConfig()) -> None:
+    def __init__(
+        self, source_vocab_size: int, target_vocab_size: int, config: ModelConfig = ModelConfig()
+    ) -> None:
         super().__init__()
         self.config = config
         self.encoder = Encoder(source_vocab_size, config)
@@ -203,15 +229,23 @@ class Seq2Seq(nn.Module):
         source_mask = source != PAD_ID  # (B, S)
         return self.decoder.initial_state(memory, final, source_mask)
 
-    def decode_step(self, state: DecoderState, previous: Tensor) -> tuple[Tensor, Tensor, DecoderState]:
+    def decode_step(
+        self, state: DecoderState, previous: Tensor
+    ) -> tuple[Tensor, Tensor, DecoderState]:
         """previous: (B,) last tokens. Returns logits (B, V), attention (B, S), next state."""
         logits, weights, state = self.decoder(state, previous.unsqueeze(1))
         return logits.squeeze(1), weights.squeeze(1), state
 
     def forward(
-        self, source: Tensor, source_lengths: Tensor, target_in: Tensor, teacher_forcing: float = 1.0, positions: Tensor | None = None
+        self,
+        source: Tensor,
+        source_lengths: Tensor,
+        target_in: Tensor,
+        teacher_forcing: float = 1.0,
+        positions: Tensor | None = None,
     ) -> Tensor:
-        """Logits (B, T, V) for target_in (B, T) = bos + target, or (N, V) at the N True `positions` (B, T).
+        """Logits (B, T, V) for target_in (B, T) = bos + target, or (N, V) at the N True
+        `positions` (B, T).
 
         Training asks only for the real (non-padding) positions: the output layer, the
         widest matrix product of the network, then skips the padding.

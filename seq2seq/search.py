@@ -80,17 +80,25 @@ def greedy_search(
             active, best, state = active[keep], best[keep], state.select_sentences(keep)
         previous = best
     return [
-        _hypothesis(tokens[i, : lengths[i]], attention[i, : lengths[i], : source_lengths[i]], float(scores[i]))
+        _hypothesis(
+            tokens[i, : lengths[i]],
+            attention[i, : lengths[i], : source_lengths[i]],
+            float(scores[i]),
+        )
         for i in range(batch)
     ]
 
 
-def _hypothesis(steps: Tensor, attention: Tensor, log_probability: float, score: float | None = None) -> Hypothesis:
+def _hypothesis(
+    steps: Tensor, attention: Tensor, log_probability: float, score: float | None = None
+) -> Hypothesis:
     """A finished output; `score` defaults to the log-probability."""
     ids = steps.tolist()
     if ids and ids[-1] == EOS_ID:
         ids = ids[:-1]
-    return Hypothesis(ids, log_probability if score is None else score, log_probability, attention.cpu())
+    return Hypothesis(
+        ids, log_probability if score is None else score, log_probability, attention.cpu()
+    )
 
 
 def length_penalty(length: int, alpha: float) -> float:
@@ -152,8 +160,12 @@ def beam_search(
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
     finished_count = torch.zeros(batch, dtype=torch.long, device=device)  # (B,)
     source_length_list = source_lengths.tolist()
-    coverage = (torch.arange(source_len, device=device) >= source_lengths.unsqueeze(1)).float()  # (R, S); padding counts as read
-    in_beam = torch.arange(2 * k, device=device) < k  # (2K,): the first K candidates of each sentence
+    coverage = (
+        torch.arange(source_len, device=device) >= source_lengths.unsqueeze(1)
+    ).float()  # (R, S); padding counts as read
+    in_beam = (
+        torch.arange(2 * k, device=device) < k
+    )  # (2K,): the first K candidates of each sentence
 
     for t in range(int(caps.max())):
         logits, weights, state = model.decode_step(state, previous)  # (R, V), (R, S)
@@ -164,7 +176,9 @@ def beam_search(
         penalty = length_penalty(t + 1, alpha)
         row_coverage = coverage_penalty(covered, beta)  # (R,)
         row_bonus = penalty * row_coverage
-        ranked, rows, tokens = best_extensions(logits, scores + row_bonus.view_as(scores), 2 * k)  # (A, 2K) each; rows into R
+        ranked, rows, tokens = best_extensions(
+            logits, scores + row_bonus.view_as(scores), 2 * k
+        )  # (A, 2K) each; rows into R
         top_scores = ranked - row_bonus[rows]  # their log-probabilities
         is_eos = tokens == EOS_ID
         at_cap = t + 1 >= caps[active]  # (A,)
@@ -173,12 +187,18 @@ def beam_search(
             a, j = final.nonzero(as_tuple=True)  # one pair per finished hypothesis
             final_rows, sentences = rows[a, j], active[a]
             steps = torch.cat((history[final_rows], tokens[a, j].unsqueeze(1)), dim=1)  # (F, t+1)
-            steps_attention = torch.cat((attention[final_rows], weights[final_rows].float().unsqueeze(1)), dim=1)
+            steps_attention = torch.cat(
+                (attention[final_rows], weights[final_rows].float().unsqueeze(1)), dim=1
+            )
             final_coverage = row_coverage[final_rows].tolist()
-            for f, (sentence, log_probability) in enumerate(zip(sentences.tolist(), top_scores[a, j].tolist())):
+            for f, (sentence, log_probability) in enumerate(
+                zip(sentences.tolist(), top_scores[a, j].tolist())
+            ):
                 source_length = source_length_list[sentence]
                 score = log_probability / penalty + final_coverage[f]
-                hypothesis = _hypothesis(steps[f], steps_attention[f, :, :source_length], log_probability, score)
+                hypothesis = _hypothesis(
+                    steps[f], steps_attention[f, :, :source_length], log_probability, score
+                )
                 finished[sentence].append(hypothesis)
             finished_count.index_add_(0, sentences, torch.ones_like(sentences))
 
@@ -187,7 +207,9 @@ def beam_search(
         next_rows = rows.gather(1, pick).flatten()  # (A*K,)
         previous = tokens.gather(1, pick).flatten()  # (A*K,)
         history = torch.cat((history[next_rows], previous.unsqueeze(1)), dim=1)
-        attention = torch.cat((attention[next_rows], weights[next_rows].float().unsqueeze(1)), dim=1)
+        attention = torch.cat(
+            (attention[next_rows], weights[next_rows].float().unsqueeze(1)), dim=1
+        )
         state, scores, coverage = state.select_beams(next_rows), next_scores, covered[next_rows]
 
         done = at_cap | (final[:, 0] & (finished_count[active] >= nbest))  # (A,)
@@ -198,7 +220,11 @@ def beam_search(
             keep_rows = (keep.unsqueeze(1) * k + beams).flatten()
             active, scores = active[keep], scores[keep]
             state, previous = state.select_sentences(keep), previous[keep_rows]
-            history, attention, coverage = history[keep_rows], attention[keep_rows], coverage[keep_rows]
+            history, attention, coverage = (
+                history[keep_rows],
+                attention[keep_rows],
+                coverage[keep_rows],
+            )
     return [sorted(hypotheses, key=lambda h: -h.score)[:nbest] for hypotheses in finished]
 
 
@@ -212,9 +238,13 @@ def best_extensions(logits: Tensor, scores: Tensor, count: int) -> tuple[Tensor,
     sentences, k = scores.shape
     log_probs = F.log_softmax(logits.float(), dim=-1)  # (A*K, V)
     vocab = log_probs.size(-1)
-    candidates = log_probs.add_(scores.view(-1, 1)).view(sentences, k * vocab)  # (A, K*V), in place: no second copy
+    candidates = log_probs.add_(scores.view(-1, 1)).view(
+        sentences, k * vocab
+    )  # (A, K*V), in place: no second copy
     top_scores, flat = top_k(candidates, count)  # (A, count)
-    rows = torch.div(flat, vocab, rounding_mode="floor") + (torch.arange(sentences, device=scores.device) * k).unsqueeze(1)
+    rows = torch.div(flat, vocab, rounding_mode="floor") + (
+        torch.arange(sentences, device=scores.device) * k
+    ).unsqueeze(1)
     return top_scores, rows, flat % vocab
 
 
@@ -237,9 +267,13 @@ def top_k(values: Tensor, count: int) -> tuple[Tensor, Tensor]:
         values = F.pad(values, (0, chunks * chunk - length), value=float("-inf"))
     values = values.view(rows, chunks, chunk)
     best_chunks = values.amax(dim=-1).topk(count, dim=-1).indices  # (R, count)
-    candidates = values.gather(1, best_chunks.unsqueeze(-1).expand(-1, -1, chunk)).view(rows, -1)  # (R, count * chunk)
+    candidates = values.gather(1, best_chunks.unsqueeze(-1).expand(-1, -1, chunk)).view(
+        rows, -1
+    )  # (R, count * chunk)
     top, within = candidates.topk(count, dim=-1)  # (R, count)
-    return top, best_chunks.gather(1, torch.div(within, chunk, rounding_mode="floor")) * chunk + within % chunk
+    return top, best_chunks.gather(
+        1, torch.div(within, chunk, rounding_mode="floor")
+    ) * chunk + within % chunk
 
 
 def chunk_size(length: int) -> int:

@@ -14,7 +14,8 @@ import sentencepiece as spm
 from seq2seq.errors import Seq2SeqError
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
-MAX_PIECE_LENGTH = 16  # characters in one piece (SentencePiece's default): n characters give at least n / 16 pieces
+# characters in one piece (SentencePiece's default): n characters give at least n / 16 pieces
+MAX_PIECE_LENGTH = 16
 
 
 class Tokenizer:
@@ -27,9 +28,16 @@ class Tokenizer:
             self.processor.LoadFromSerializedProto(model_proto)
         except (RuntimeError, OSError, TypeError) as error:
             raise Seq2SeqError(f"not a valid SentencePiece model: {error}") from None
-        fixed = (self.processor.pad_id(), self.processor.unk_id(), self.processor.bos_id(), self.processor.eos_id())
+        fixed = (
+            self.processor.pad_id(),
+            self.processor.unk_id(),
+            self.processor.bos_id(),
+            self.processor.eos_id(),
+        )
         if fixed != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
-            raise Seq2SeqError(f"SentencePiece model has special ids {fixed}, expected (0, 1, 2, 3)")
+            raise Seq2SeqError(
+                f"SentencePiece model has special ids {fixed}, expected (0, 1, 2, 3)"
+            )
 
     @property
     def vocab_size(self) -> int:

@@ -42,22 +42,35 @@ BAD_VALUE_PATTERN = re.compile(r'Parser key "(?P<key>[\w.]+)":\s*(?P<reason>.*)'
 
 class TrainingCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_argument("--run_name", type=str, default="run", help="run folder name under checkpoint_dir")
-        parser.add_argument("--checkpoint_dir", type=str, default="checkpoints", help="where run folders go")
+        parser.add_argument(
+            "--run_name", type=str, default="run", help="run folder name under checkpoint_dir"
+        )
+        parser.add_argument(
+            "--checkpoint_dir", type=str, default="checkpoints", help="where run folders go"
+        )
         parser.add_argument(
             "--cpu_max_time",
             type=str | None,
             default=None,
-            help="trainer.max_time (DD:HH:MM:SS) applied only when training on CPU; GPUs train to early stopping",
+            help=(
+                "trainer.max_time (DD:HH:MM:SS) applied only when training on CPU; "
+                "GPUs train to early stopping"
+            ),
         )
         parser.add_argument(
-            "--ckpt_path", type=str | None, default=None, help="resume from this checkpoint (default: the run's last.ckpt)"
+            "--ckpt_path",
+            type=str | None,
+            default=None,
+            help="resume from this checkpoint (default: the run's last.ckpt)",
         )
         parser.add_argument(
             "--keep_last",
             type=int,
             default=0,
-            help="also keep the weights of the last N validations (stepNNNNNN.ckpt) for `seq2seq average`",
+            help=(
+                "also keep the weights of the last N validations (stepNNNNNN.ckpt) "
+                "for `seq2seq average`"
+            ),
         )
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
@@ -65,14 +78,16 @@ class TrainingCLI(LightningCLI):
                 "checkpoint.monitor": "val_bleu",
                 "checkpoint.mode": "max",
                 "checkpoint.filename": "best",
-                "checkpoint.save_last": False,  # last.ckpt is LastCheckpoint's: it also saves mid-epoch
+                # last.ckpt is LastCheckpoint's: it also saves mid-epoch
+                "checkpoint.save_last": False,
                 "checkpoint.enable_version_counter": False,
             }
         )
         # TokenBatchSampler shards itself; Lightning could not inject a DistributedSampler into it
         parser.set_defaults({"trainer.use_distributed_sampler": False})
         parser.add_lightning_class_args(EarlyStopping, "early_stopping")
-        # checked after each validation, not at epoch ends: a run cut short by max_steps ends mid-epoch, unvalidated
+        # checked after each validation, not at epoch ends: a run cut short by max_steps ends
+        # mid-epoch, unvalidated
         parser.set_defaults(
             {
                 "early_stopping.monitor": "val_bleu",
@@ -81,9 +96,15 @@ class TrainingCLI(LightningCLI):
                 "early_stopping.check_on_train_epoch_end": False,
             }
         )
-        parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")  # after "checkpoint": sees the new best
-        parser.link_arguments(("checkpoint_dir", "run_name"), "checkpoint.dirpath", compute_fn=run_folder)
-        parser.link_arguments(("checkpoint_dir", "run_name"), "last_checkpoint.dirpath", compute_fn=run_folder)
+        parser.add_lightning_class_args(
+            LastCheckpoint, "last_checkpoint"
+        )  # after "checkpoint": sees the new best
+        parser.link_arguments(
+            ("checkpoint_dir", "run_name"), "checkpoint.dirpath", compute_fn=run_folder
+        )
+        parser.link_arguments(
+            ("checkpoint_dir", "run_name"), "last_checkpoint.dirpath", compute_fn=run_folder
+        )
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         """jsonargparse's usage screen becomes one line naming the key and the closest valid one."""
@@ -96,13 +117,15 @@ class TrainingCLI(LightningCLI):
         config = self.config
         if config.checkpoint.save_last:
             raise Seq2SeqError(
-                "checkpoint.save_last: last.ckpt is written by last_checkpoint (also mid-epoch and every "
-                "last_checkpoint.every_n_train_steps steps); Lightning's own would overwrite it: remove the key"
+                "checkpoint.save_last: last.ckpt is written by last_checkpoint (also mid-epoch and "
+                "every last_checkpoint.every_n_train_steps steps); Lightning's own would overwrite "
+                "it: remove the key"
             )
         if config.trainer.use_distributed_sampler:
             raise Seq2SeqError(
-                "trainer.use_distributed_sampler: the data module already gives each process its own share "
-                "of the token batches, and Lightning's sampler cannot wrap them: remove the key"
+                "trainer.use_distributed_sampler: the data module already gives each process its "
+                "own share of the token batches, and Lightning's sampler cannot wrap them: remove "
+                "the key"
             )
         folder = run_folder(config.checkpoint_dir, config.run_name)
         config.trainer.default_root_dir = folder
@@ -114,19 +137,28 @@ class TrainingCLI(LightningCLI):
             )
         config.trainer.plugins = with_atomic_checkpoints(config.trainer.plugins)
         if config.keep_last > 0:
-            config.trainer.callbacks = [*(config.trainer.callbacks or []), keep_last_checkpoints(folder, config.keep_last)]
+            config.trainer.callbacks = [
+                *(config.trainer.callbacks or []),
+                keep_last_checkpoints(folder, config.keep_last),
+            ]
         on_gpu = torch.cuda.is_available() and config.trainer.accelerator in ("auto", "gpu", "cuda")
         if config.cpu_max_time and config.trainer.max_time is None and not on_gpu:
             config.trainer.max_time = config.cpu_max_time
         if not on_gpu and "bf16" in str(config.trainer.precision) and not cpu_has_bf16():
-            print("This CPU has no bf16 instructions (AVX512-BF16 or AMX): training in 32-true instead of bf16-mixed")
+            print(
+                "This CPU has no bf16 instructions (AVX512-BF16 or AMX): training in 32-true "
+                "instead of bf16-mixed"
+            )
             config.trainer.precision = "32-true"
 
 
 def with_atomic_checkpoints(plugins: object) -> list:
     """The trainer's plugins (none, one or a list) plus `AtomicCheckpointIO`."""
     given = [] if plugins is None else plugins if isinstance(plugins, list) else [plugins]
-    return [*given, Namespace(class_path=f"{AtomicCheckpointIO.__module__}.{AtomicCheckpointIO.__name__}")]
+    return [
+        *given,
+        Namespace(class_path=f"{AtomicCheckpointIO.__module__}.{AtomicCheckpointIO.__name__}"),
+    ]
 
 
 def keep_last_checkpoints(folder: str, count: int) -> Namespace:
@@ -154,7 +186,8 @@ def config_error(message: str, valid_keys: list[str]) -> Seq2SeqError:
             close = difflib.get_close_matches(key, valid_keys, n=1, cutoff=0.6)
             hint = f"did you mean '{close[0]}'?" if close else "no similar key exists"
             return Seq2SeqError(
-                f"unknown config key '{key}' ({hint}); list every key with: seq2seq train --config FILE --print_config"
+                f"unknown config key '{key}' ({hint}); list every key with: seq2seq train --config "
+                "FILE --print_config"
             )
     if match := BAD_VALUE_PATTERN.search(message):
         reason = " ".join(match["reason"].split())
@@ -173,7 +206,8 @@ def run_folder(checkpoint_dir: str, run_name: str) -> str:
 
 
 def build_cli(argv: Sequence[str]) -> TrainingCLI:
-    """Parse `argv` like the command line into the model, data module and trainer, without fitting."""
+    """Parse `argv` like the command line into the model, data module and trainer, without
+    fitting."""
     for noise in (
         ".*args parameter is intended to run from within Python",  # we pass argv on purpose
         ".*isinstance\\(treespec, LeafSpec\\)",  # Lightning's own deprecation, not ours
@@ -187,7 +221,10 @@ def build_cli(argv: Sequence[str]) -> TrainingCLI:
         run=False,
         seed_everything_default=1234,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"exit_on_error": False, "allow_abbrev": False},  # --trainer.max_epoch is a typo, not max_epochs
+        parser_kwargs={
+            "exit_on_error": False,
+            "allow_abbrev": False,
+        },  # --trainer.max_epoch is a typo, not max_epochs
     )
 
 
@@ -204,5 +241,8 @@ def train(argv: Sequence[str]) -> TrainingCLI:
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=resume)
     best: ModelCheckpoint = cli.config_init.checkpoint
     if best.best_model_path and cli.trainer.is_global_zero:
-        print(f"Best checkpoint: {best.best_model_path} ({best.monitor} {float(best.best_model_score):.2f})")
+        print(
+            f"Best checkpoint: {best.best_model_path} ({best.monitor} "
+            f"{float(best.best_model_score):.2f})"
+        )
     return cli

@@ -20,11 +20,11 @@ import torch
 from lightning.pytorch.callbacks import Timer
 
 from seq2seq.data import Batch, TranslationDataModule
+from seq2seq.evaluate import reference_streams
 from seq2seq.loss import smoothed_cross_entropy
 from seq2seq.model import ModelConfig, Seq2Seq
 from seq2seq.search import greedy_search
 from seq2seq.tokenizer import PAD_ID
-from seq2seq.evaluate import reference_streams
 from seq2seq.translate import CHECKPOINT_FORMAT
 
 T = TypeVar("T")
@@ -85,7 +85,9 @@ class TranslationModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         if self.net is None:
             self.net = Seq2Seq(
-                self.data.source_tokenizer.vocab_size, self.data.target_tokenizer.vocab_size, self.network_config
+                self.data.source_tokenizer.vocab_size,
+                self.data.target_tokenizer.vocab_size,
+                self.network_config,
             )
 
     def configure_optimizers(self):
@@ -93,11 +95,14 @@ class TranslationModule(L.LightningModule):
         # with fp16's gradient scaler: it would unscale the gradients only after clipping.
         fused = self.device.type in ("cpu", "cuda") and self.trainer.precision != "16-mixed"
         optimizer = torch.optim.Adam(self.net.parameters(), lr=self.learning_rate, fused=fused)
+
         def warmup(step: int) -> float:
             return min(1.0, (step + 1) / max(1, self.warmup_steps))
 
         if self.lr_schedule == "budget":
-            budget = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup(step) * (1.0 - self.budget_spent()))
+            budget = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda step: warmup(step) * (1.0 - self.budget_spent())
+            )
             return [optimizer], [{"scheduler": budget, "interval": "step"}]
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="max", factor=self.lr_decay, patience=self.lr_patience
@@ -114,17 +119,23 @@ class TranslationModule(L.LightningModule):
         spent = [0.0]
         if math.isfinite(self.trainer.estimated_stepping_batches):
             spent.append(self.trainer.global_step / self.trainer.estimated_stepping_batches)
-        timer = next((callback for callback in self.trainer.callbacks if isinstance(callback, Timer)), None)
+        timer = next(
+            (callback for callback in self.trainer.callbacks if isinstance(callback, Timer)), None
+        )
         if timer is not None and timer.time_remaining() is not None:
             elapsed = timer.time_elapsed()
             spent.append(elapsed / max(elapsed + timer.time_remaining(), 1e-9))
         return min(1.0, max(spent))
 
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
         """Clip fused-Adam gradients too: Lightning's mixed-precision plugin refuses to, for
         fp16's scaler, which `configure_optimizers` never pairs with the fused kernel."""
         if not (gradient_clip_val and optimizer.defaults.get("fused")):
-            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return super().configure_gradient_clipping(
+                optimizer, gradient_clip_val, gradient_clip_algorithm
+            )
         if gradient_clip_algorithm == "value":
             torch.nn.utils.clip_grad_value_(self.net.parameters(), gradient_clip_val)
         else:
@@ -134,7 +145,9 @@ class TranslationModule(L.LightningModule):
 
     def loss(self, batch: Batch, teacher_forcing: float = 1.0) -> torch.Tensor:
         real = batch.target_out != PAD_ID  # (B, T)
-        logits = self.net(batch.source, batch.source_lengths, batch.target_in, teacher_forcing, positions=real)  # (N, V)
+        logits = self.net(
+            batch.source, batch.source_lengths, batch.target_in, teacher_forcing, positions=real
+        )  # (N, V)
         return smoothed_cross_entropy(logits, batch.target_out[real], self.label_smoothing)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
@@ -158,7 +171,9 @@ class TranslationModule(L.LightningModule):
         now = time.perf_counter()
         if self._last_batch_end is not None:
             rate = int((batch.target_out != PAD_ID).sum()) / max(now - self._last_batch_end, 1e-9)
-            self._tokens_per_second = rate if self._tokens_per_second == 0 else 0.9 * self._tokens_per_second + 0.1 * rate
+            self._tokens_per_second = (
+                rate if self._tokens_per_second == 0 else 0.9 * self._tokens_per_second + 0.1 * rate
+            )
         self._last_batch_end = now
         if 0 < self.trainer.max_steps <= self.global_step:
             self.trainer.should_stop = True
@@ -168,20 +183,34 @@ class TranslationModule(L.LightningModule):
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         # sync_dist: under DDP, the sentence-weighted mean over every process's batches
-        self.log("val_loss", self.loss(batch), prog_bar=True, batch_size=batch.source.size(0), sync_dist=True)
-        hypotheses = greedy_search(self.net, batch.source, batch.source_lengths, self.max_length_ratio)
+        self.log(
+            "val_loss",
+            self.loss(batch),
+            prog_bar=True,
+            batch_size=batch.source.size(0),
+            sync_dist=True,
+        )
+        hypotheses = greedy_search(
+            self.net, batch.source, batch.source_lengths, self.max_length_ratio
+        )
         for index, hypothesis in zip(batch.index.tolist(), hypotheses):
             self._hypotheses[index] = hypothesis.tokens
 
     def on_validation_epoch_end(self) -> None:
-        """BLEU over the union of every process's hypotheses: each sentence once, on every process."""
-        hypotheses = {index: tokens for part in gather_objects(self._hypotheses) for index, tokens in part.items()}
+        """BLEU over the union of every process's hypotheses: each sentence once, on every
+        process."""
+        hypotheses = {
+            index: tokens
+            for part in gather_objects(self._hypotheses)
+            for index, tokens in part.items()
+        }
         self._hypotheses = {}
         examples = self.data.splits[self.data.corpus.valid_split]
         indices = sorted(hypotheses)
         texts = self.data.target_tokenizer.decode([hypotheses[i] for i in indices])
         bleu = corpus_bleu(texts, [examples[i].references for i in indices]).score
-        # the same on every process already; sync_dist only averages equal values (and tells Lightning so)
+        # the same on every process already; sync_dist only averages equal values (and tells
+        # Lightning so)
         self.log("val_bleu", bleu, prog_bar=True, sync_dist=True)
         self.log("val_sentences", float(len(indices)), sync_dist=True)
 
@@ -191,7 +220,9 @@ class TranslationModule(L.LightningModule):
         """Refuse to save broken weights; store what translation needs and the RNG states."""
         assert_finite(checkpoint["state_dict"], self.global_step)
         checkpoint["rng"] = rng_states()
-        per_process = gather_objects(checkpoint["rng"])  # under DDP each process draws its own dropout
+        per_process = gather_objects(
+            checkpoint["rng"]
+        )  # under DDP each process draws its own dropout
         if len(per_process) > 1:
             checkpoint["rng_per_process"] = per_process
         checkpoint["seq2seq"] = {
@@ -204,7 +235,8 @@ class TranslationModule(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """A resumed run continues the random streams (dropout, teacher forcing) of the saved one."""
+        """A resumed run continues the random streams (dropout, teacher forcing) of the saved
+        one."""
         per_process = checkpoint.get("rng_per_process", [])
         if self.global_rank < len(per_process):
             set_rng_states(per_process[self.global_rank])
@@ -223,16 +255,22 @@ def gather_objects(value: T) -> list[T]:
 
 def assert_finite(state_dict: dict[str, torch.Tensor], step: int) -> None:
     """Raise before a checkpoint with NaN or infinite weights overwrites a good one."""
-    broken = [name for name, tensor in state_dict.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    broken = [
+        name
+        for name, tensor in state_dict.items()
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all()
+    ]
     if broken:
         raise FloatingPointError(
-            f"weights became NaN or infinite at step {step} ({', '.join(broken[:3])}); the checkpoint was "
-            "not written: lower the learning_rate or check the data, then resume from the run's last.ckpt"
+            f"weights became NaN or infinite at step {step} ({', '.join(broken[:3])}); the "
+            "checkpoint was not written: lower the learning_rate or check the data, then resume "
+            "from the run's last.ckpt"
         )
 
 
 def rng_states() -> dict:
-    """Every random stream training draws from, as tensors and plain data (loadable with weights_only)."""
+    """Every random stream training draws from, as tensors and plain data (loadable with
+    weights_only)."""
     states = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
@@ -246,6 +284,8 @@ def set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def corpus_bleu(hypotheses: list[str], references: list[tuple[str, ...]]) -> sacrebleu.metrics.bleu.BLEUScore:
+def corpus_bleu(
+    hypotheses: list[str], references: list[tuple[str, ...]]
+) -> sacrebleu.metrics.bleu.BLEUScore:
     """Detokenized sacreBLEU with any number of references per sentence."""
     return sacrebleu.corpus_bleu(hypotheses, reference_streams(references))

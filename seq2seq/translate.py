@@ -22,36 +22,45 @@ from seq2seq.model import ModelConfig, Seq2Seq
 from seq2seq.search import Hypothesis, beam_search, greedy_search
 from seq2seq.tokenizer import EOS_ID, MAX_PIECE_LENGTH, Tokenizer
 
-CHECKPOINT_FORMAT = 1  # the version of the `seq2seq` section that training writes and this module reads
+CHECKPOINT_FORMAT = (
+    1  # the version of the `seq2seq` section that training writes and this module reads
+)
 
 
 def load_checkpoint(path: str | Path) -> dict:
     """The checkpoint dict, refusing anything that is not a readable seq2seq checkpoint."""
     path = Path(path)
     if not path.is_file():
-        raise Seq2SeqError(f"checkpoint {path} does not exist: train a model first (make train) or pass CKPT=path")
+        raise Seq2SeqError(
+            f"checkpoint {path} does not exist: train a model first (make train) or pass CKPT=path"
+        )
     try:
         is_archive = zipfile.is_zipfile(path)  # torch.save writes a zip archive
     except OSError as error:
         raise Seq2SeqError(f"cannot read checkpoint {path}: {error.strerror or error}") from None
     if not is_archive:
-        raise Seq2SeqError(f"checkpoint {path} is truncated or corrupted (not the zip archive torch.save writes)")
+        raise Seq2SeqError(
+            f"checkpoint {path} is truncated or corrupted (not the zip archive torch.save writes)"
+        )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise Seq2SeqError(
             f"checkpoint {path} was refused: it holds objects other than tensors and plain data "
-            f"({str(error).splitlines()[0][:200]}); only load checkpoints you trust with other tools"
+            f"({str(error).splitlines()[0][:200]}); only load checkpoints you trust with other "
+            "tools"
         ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
-        raise Seq2SeqError(f"checkpoint {path} is truncated or corrupted ({str(error).splitlines()[0][:200]})") from None
+        raise Seq2SeqError(
+            f"checkpoint {path} is truncated or corrupted ({str(error).splitlines()[0][:200]})"
+        ) from None
     info = checkpoint.get("seq2seq") if isinstance(checkpoint, dict) else None
     if not isinstance(info, dict) or "state_dict" not in checkpoint:
         raise Seq2SeqError(f"{path} is not a seq2seq checkpoint (no 'seq2seq' section)")
     if info.get("format_version") != CHECKPOINT_FORMAT:
         raise Seq2SeqError(
-            f"checkpoint {path} has format version {info.get('format_version')}, this seq2seq reads "
-            f"version {CHECKPOINT_FORMAT}: use the seq2seq release that wrote it"
+            f"checkpoint {path} has format version {info.get('format_version')}, this seq2seq "
+            f"reads version {CHECKPOINT_FORMAT}: use the seq2seq release that wrote it"
         )
     return checkpoint
 
@@ -70,7 +79,8 @@ def quantize_int8(net: Seq2Seq) -> torch.nn.Module:
     layers = {
         name
         for name, module in net.named_modules()
-        if isinstance(module, (torch.nn.Linear, torch.nn.GRU)) and not name.endswith("attention.energy")
+        if isinstance(module, (torch.nn.Linear, torch.nn.GRU))
+        and not name.endswith("attention.energy")
     }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -101,9 +111,15 @@ class SearchSettings:
         if self.beam_size < 1:
             raise Seq2SeqError(f"beam size must be at least 1, got {self.beam_size}")
         if not 1 <= self.nbest <= self.beam_size:
-            raise Seq2SeqError(f"--nbest {self.nbest} needs a beam at least as wide: use --beam-size {max(self.nbest, 1)} or more")
+            raise Seq2SeqError(
+                f"--nbest {self.nbest} needs a beam at least as wide: use --beam-size "
+                f"{max(self.nbest, 1)} or more"
+            )
         if self.beta < 0:
-            raise Seq2SeqError(f"a negative coverage penalty would reward dropping source words: use --beta 0 or more, got {self.beta}")
+            raise Seq2SeqError(
+                "a negative coverage penalty would reward dropping source words: use --beta 0 or "
+                f"more, got {self.beta}"
+            )
         if self.max_length_ratio is not None and self.max_length_ratio <= 0:
             raise Seq2SeqError(f"max length ratio must be positive, got {self.max_length_ratio}")
 
@@ -165,7 +181,9 @@ class Translator:
         torch's threads (default: one per thread; on a GPU always one).
         """
         if precision not in PRECISIONS:
-            raise Seq2SeqError(f"unknown precision {precision!r}: choose from {', '.join(PRECISIONS)}")
+            raise Seq2SeqError(
+                f"unknown precision {precision!r}: choose from {', '.join(PRECISIONS)}"
+            )
         if workers is not None and workers < 1:
             raise Seq2SeqError(f"workers must be at least 1, got {workers}")
         self.workers = workers
@@ -186,8 +204,9 @@ class Translator:
     def check_search(self, search: SearchSettings) -> None:
         if search.beam_size > 1 and search.beam_size > self.max_beam_size:
             raise Seq2SeqError(
-                f"beam size {search.beam_size} ranks {2 * search.beam_size} extensions of each sentence, more than the "
-                f"model's {self.target_tokenizer.vocab_size} target tokens: use --beam-size {self.max_beam_size} or less"
+                f"beam size {search.beam_size} ranks {2 * search.beam_size} extensions of each "
+                f"sentence, more than the model's {self.target_tokenizer.vocab_size} target "
+                f"tokens: use --beam-size {self.max_beam_size} or less"
             )
 
     @property
@@ -201,8 +220,8 @@ class Translator:
 
     @property
     def worker_count(self) -> int:
-        """Batches searched side by side: on a CPU `workers`, else one per torch thread; on a GPU one
-        (its kernels queue on one stream: threads would only interleave their launches)."""
+        """Batches searched side by side: on a CPU `workers`, else one per torch thread; on a GPU
+        one (its kernels queue on one stream: threads would only interleave their launches)."""
         if self.device.type != "cpu":
             return 1
         return self.workers or torch.get_num_threads()
@@ -220,19 +239,37 @@ class Translator:
         info = checkpoint["seq2seq"]
         source_tokenizer = Tokenizer(info["source_tokenizer"])
         target_tokenizer = Tokenizer(info["target_tokenizer"])
-        net = Seq2Seq(source_tokenizer.vocab_size, target_tokenizer.vocab_size, ModelConfig.from_dict(info["network"]))
+        net = Seq2Seq(
+            source_tokenizer.vocab_size,
+            target_tokenizer.vocab_size,
+            ModelConfig.from_dict(info["network"]),
+        )
         weights = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items()}
         try:
             net.load_state_dict(weights)
         except RuntimeError as error:
-            raise Seq2SeqError(f"checkpoint {path} weights do not fit its network settings: {str(error)[:300]}") from None
+            raise Seq2SeqError(
+                f"checkpoint {path} weights do not fit its network settings: {str(error)[:300]}"
+            ) from None
         device = device or ("cuda" if torch.cuda.is_available() and precision != "int8" else "cpu")
         if precision == "int8" and device != "cpu":
-            raise Seq2SeqError("int8 translation runs on the CPU only: pass --device cpu or another --precision")
-        return cls(net.to(device), source_tokenizer, target_tokenizer, info["max_length_ratio"], info["corpus"], search, precision, workers)
+            raise Seq2SeqError(
+                "int8 translation runs on the CPU only: pass --device cpu or another --precision"
+            )
+        return cls(
+            net.to(device),
+            source_tokenizer,
+            target_tokenizer,
+            info["max_length_ratio"],
+            info["corpus"],
+            search,
+            precision,
+            workers,
+        )
 
     def translate(self, lines: Sequence[str], batch_size: int = 64) -> list[str]:
-        """One output line per input line (the best hypothesis); a blank line gives an empty line."""
+        """One output line per input line (the best hypothesis); a blank line gives an empty
+        line."""
         return [t.text for t in self.translate_detailed(lines, batch_size)]
 
     def translate_detailed(
@@ -263,7 +300,9 @@ class Translator:
         search = search or self.search
         self.check_search(search)
         nbests: list[list[Hypothesis]] = [[] for _ in sources]
-        order = sorted((i for i, line in enumerate(sources) if line.ids), key=lambda i: len(sources[i].ids))
+        order = sorted(
+            (i for i, line in enumerate(sources) if line.ids), key=lambda i: len(sources[i].ids)
+        )
         if progress:
             progress(len(sources) - len(order))  # blank lines need no search
         chunks = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
@@ -273,7 +312,9 @@ class Translator:
                 nbests[index] = nbest
             if progress:
                 progress(len(chunk))
-        texts = iter(self.target_tokenizer.decode([h.tokens for nbest in nbests for h in nbest]))  # one call for all
+        texts = iter(
+            self.target_tokenizer.decode([h.tokens for nbest in nbests for h in nbest])
+        )  # one call for all
         return [
             Translation([next(texts) for _ in nbest], nbest, line.ids, line.truncated)
             for nbest, line in zip(nbests, sources)
@@ -287,16 +328,24 @@ class Translator:
         """
         limit = self.net.config.max_source_length - 1
         characters = limit * MAX_PIECE_LENGTH
-        encoded = self.source_tokenizer.encode([" ".join(line[: characters * 2].split())[:characters] for line in lines])
+        encoded = self.source_tokenizer.encode(
+            [" ".join(line[: characters * 2].split())[:characters] for line in lines]
+        )
         results = []
         for number, (line, ids) in enumerate(zip(lines, encoded), start=1):
             truncated = len(ids) > limit or len(line) > characters * 2
             if truncated and warn:
-                warnings.warn(f"input line {number} is longer than {limit} tokens: only its beginning is translated")
+                warnings.warn(
+                    f"input line {number} is longer than {limit} tokens: "
+                    "only its beginning is translated",
+                    stacklevel=2,
+                )
             results.append(EncodedLine(ids[:limit] + [EOS_ID] if ids else [], truncated))
         return results
 
-    def _search_all(self, batches: list[list[list[int]]], search: SearchSettings) -> Iterator[list[list[Hypothesis]]]:
+    def _search_all(
+        self, batches: list[list[list[int]]], search: SearchSettings
+    ) -> Iterator[list[list[Hypothesis]]]:
         """`_search` of each batch, in order; on a CPU, several batches at a time.
 
         At this model's matrix sizes torch gains little from a second thread inside one
@@ -306,26 +355,41 @@ class Translator:
         if workers <= 1:
             yield from (self._search(batch, search) for batch in batches)
             return
-        threads = max(1, torch.get_num_threads() // workers)  # set per worker thread: OpenMP's count is per thread
-        with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+        threads = max(
+            1, torch.get_num_threads() // workers
+        )  # set per worker thread: OpenMP's count is per thread
+        with ThreadPoolExecutor(
+            workers, initializer=torch.set_num_threads, initargs=(threads,)
+        ) as pool:
             yield from pool.map(self._search, batches, [search] * len(batches))
 
     @torch.no_grad()
     def _search(self, batch_ids: list[list[int]], search: SearchSettings) -> list[list[Hypothesis]]:
         lengths = torch.tensor([len(ids) for ids in batch_ids])
-        source = torch.zeros(len(batch_ids), int(lengths.max()), dtype=torch.long)  # (B, S), PAD_ID = 0
+        source = torch.zeros(
+            len(batch_ids), int(lengths.max()), dtype=torch.long
+        )  # (B, S), PAD_ID = 0
         for row, ids in enumerate(batch_ids):
             source[row, : len(ids)] = torch.tensor(ids)
         source, lengths = source.to(self.device), lengths.to(self.device)
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == "bf16"):
             return self._run_search(source, lengths, search)
 
-    def _run_search(self, source: torch.Tensor, lengths: torch.Tensor, search: SearchSettings) -> list[list[Hypothesis]]:
+    def _run_search(
+        self, source: torch.Tensor, lengths: torch.Tensor, search: SearchSettings
+    ) -> list[list[Hypothesis]]:
         max_length_ratio = search.max_length_ratio or self.training_max_length_ratio
         if search.beam_size == 1:
             return [[h] for h in greedy_search(self.net, source, lengths, max_length_ratio)]
         return beam_search(
-            self.net, source, lengths, search.beam_size, search.alpha, search.beta, search.nbest, max_length_ratio
+            self.net,
+            source,
+            lengths,
+            search.beam_size,
+            search.alpha,
+            search.beta,
+            search.nbest,
+            max_length_ratio,
         )
 
     def source_pieces(self, translation: Translation) -> list[str]:

@@ -1,4 +1,5 @@
-"""Debian's Chromium for the page's tests and its screenshot (docs/screenshot.py): one set of flags."""
+"""Debian's Chromium for the page's tests and its screenshot (docs/screenshot.py): one set of
+flags."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: the corpus mirror, one tiny model trained on real Tatoeba data, servers of it."""
+"""Shared fixtures: the corpus mirror, one tiny model trained on real Tatoeba data, servers of
+it."""
 
 from __future__ import annotations
 
@@ -44,11 +45,16 @@ def tiny_run(tmp_path_factory, data_dir, mirror) -> Path:
     checkpoints = tmp_path_factory.mktemp("checkpoints")
     train(
         [
-            "--config", str(TINY_CONFIG),
-            "--checkpoint_dir", str(checkpoints),
-            "--data.data_dir", str(data_dir),
-            "--data.mirror", str(mirror),
-            "--trainer.enable_progress_bar", "false",
+            "--config",
+            str(TINY_CONFIG),
+            "--checkpoint_dir",
+            str(checkpoints),
+            "--data.data_dir",
+            str(data_dir),
+            "--data.mirror",
+            str(mirror),
+            "--trainer.enable_progress_bar",
+            "false",
         ]
     )
     return checkpoints / "tiny"
@@ -64,7 +70,9 @@ def training_examples(data_dir, mirror):
     """The tiny config's 300 training pairs (what `tiny_run` memorises)."""
     from seq2seq.data import TranslationDataModule
 
-    module = TranslationDataModule(data_dir=str(data_dir), mirror=str(mirror), max_train_examples=300, vocab_size=400)
+    module = TranslationDataModule(
+        data_dir=str(data_dir), mirror=str(mirror), max_train_examples=300, vocab_size=400
+    )
     return module.load_splits()["train"]
 
 
@@ -85,7 +93,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(checkpoints: list[Path], log: Path, *options: str, api_key: str | None = None) -> Iterator[RunningServer]:
+def running_server(
+    checkpoints: list[Path], log: Path, *options: str, api_key: str | None = None
+) -> Iterator[RunningServer]:
     """Start `seq2seq serve` on a free loopback port, wait until /health answers, stop it after."""
     port = free_port()
     command = [sys.executable, "-m", "seq2seq", "serve", "--port", str(port), *options]
@@ -95,20 +105,26 @@ def running_server(checkpoints: list[Path], log: Path, *options: str, api_key: s
     if api_key:
         environment["SEQ2SEQ_API_KEY"] = api_key
     with open(log, "wb") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=environment)
+        process = subprocess.Popen(
+            command, stdout=output, stderr=subprocess.STDOUT, env=environment
+        )
     server = RunningServer(f"http://127.0.0.1:{port}", api_key, process, log)
     try:
         deadline = time.monotonic() + 120
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"seq2seq serve exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"seq2seq serve exited with {process.returncode}:\n{log.read_text()[-3000:]}"
+                )
             try:
                 if httpx.get(f"{server.url}/health", timeout=1).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"seq2seq serve did not answer within 120 s:\n{log.read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"seq2seq serve did not answer within 120 s:\n{log.read_text()[-3000:]}"
+                )
             time.sleep(0.1)
         yield server
     finally:
@@ -123,12 +139,16 @@ def running_server(checkpoints: list[Path], log: Path, *options: str, api_key: s
 @pytest.fixture(scope="session")
 def tiny_server(tiny_checkpoint, tmp_path_factory) -> Iterator[RunningServer]:
     """The tiny model served without an API key (greedy search by default)."""
-    with running_server([tiny_checkpoint], tmp_path_factory.mktemp("serve") / "server.log") as server:
+    with running_server(
+        [tiny_checkpoint], tmp_path_factory.mktemp("serve") / "server.log"
+    ) as server:
         yield server
 
 
 @pytest.fixture(scope="session")
 def tiny_server_with_key(tiny_checkpoint, tmp_path_factory) -> Iterator[RunningServer]:
     """The tiny model served with an API key (from SEQ2SEQ_API_KEY)."""
-    with running_server([tiny_checkpoint], tmp_path_factory.mktemp("serve") / "server.log", api_key="test-key-123") as server:
+    with running_server(
+        [tiny_checkpoint], tmp_path_factory.mktemp("serve") / "server.log", api_key="test-key-123"
+    ) as server:
         yield server

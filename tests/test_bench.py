@@ -9,7 +9,9 @@ from seq2seq.translate import Translator
 from tests.conftest import TINY_CONFIG
 
 
-def test_bench_measures_training_and_translation_and_writes_both_reports(tiny_checkpoint, data_dir, mirror, tmp_path):
+def test_bench_measures_training_and_translation_and_writes_both_reports(
+    tiny_checkpoint, data_dir, mirror, tmp_path
+):
     results = run_bench(
         str(TINY_CONFIG),
         str(tiny_checkpoint),
@@ -23,9 +25,15 @@ def test_bench_measures_training_and_translation_and_writes_both_reports(tiny_ch
         overrides=["--data.data_dir", str(data_dir), "--checkpoint_dir", str(tmp_path)],
     )
     assert results.matmul_gflops["fp32"] > 1 and results.matmul_gflops.get("bf16", 1) > 0
-    assert ("bf16" in results.matmul_gflops) == native_bf16("cpu")  # emulated bf16: a minute a product, unused
+    assert ("bf16" in results.matmul_gflops) == native_bf16(
+        "cpu"
+    )  # emulated bf16: a minute a product, unused
     (training,) = results.training
-    assert training.steps == 3 and training.target_tokens_per_second > 0 and training.peak_memory_mb > 0
+    assert (
+        training.steps == 3
+        and training.target_tokens_per_second > 0
+        and training.peak_memory_mb > 0
+    )
     assert 0 < training.between_steps_percent < 100
     assert results.flops_per_target_token > 1e4  # a tiny model still costs tens of kFLOP per token
     precisions = ["fp32", "bf16", "int8"] if native_bf16("cpu") else ["fp32", "int8"]
@@ -35,19 +43,37 @@ def test_bench_measures_training_and_translation_and_writes_both_reports(tiny_ch
 
     translator = Translator.from_checkpoint(tiny_checkpoint, "cpu")
     examples = next(iter(load_split(translator, None, str(mirror)).values()))[:40]
-    expected = score(translator.translate([e.source for e in examples]), [e.references for e in examples])[0].score
+    expected = score(
+        translator.translate([e.source for e in examples]), [e.references for e in examples]
+    )[0].score
     assert results.translation[0].bleu == expected  # the bench scores what translate produces
 
-    save(results, tmp_path / "BENCH", str(TINY_CONFIG), str(tiny_checkpoint), "seq2seq bench --config tiny")
+    save(
+        results,
+        tmp_path / "BENCH",
+        str(TINY_CONFIG),
+        str(tiny_checkpoint),
+        "seq2seq bench --config tiny",
+    )
     report = json.loads((tmp_path / "BENCH.json").read_text())
-    assert report["training"][0]["steps"] == 3 and report["machine"]["cpu_native_bf16"] == native_bf16("cpu")
+    assert report["training"][0]["steps"] == 3 and report["machine"][
+        "cpu_native_bf16"
+    ] == native_bf16("cpu")
     markdown = (tmp_path / "BENCH.md").read_text()
     assert "| 32-true |" in markdown and "| beam5 | int8 |" in markdown
-    assert report["machine"]["cpu_vector_unit"] in markdown  # AVX2 and AVX512 runs are not comparable
+    assert (
+        report["machine"]["cpu_vector_unit"] in markdown
+    )  # AVX2 and AVX512 runs are not comparable
 
     history = "# Benchmarks\n\nHand-written history, kept by every run.\n\n"
     (tmp_path / "BENCH.md").write_text(history + LATEST_RUN_MARKER + "\n\nan older run's figures\n")
-    save(results, tmp_path / "BENCH", str(TINY_CONFIG), str(tiny_checkpoint), "seq2seq bench --config tiny")
+    save(
+        results,
+        tmp_path / "BENCH",
+        str(TINY_CONFIG),
+        str(tiny_checkpoint),
+        "seq2seq bench --config tiny",
+    )
     rewritten = (tmp_path / "BENCH.md").read_text()
     assert rewritten.startswith(history + LATEST_RUN_MARKER) and "an older run" not in rewritten
     assert rewritten.count(LATEST_RUN_MARKER) == 1 and "| beam5 | int8 |" in rewritten
@@ -60,28 +86,43 @@ def test_bench_skips_emulated_bf16_training(monkeypatch):
     assert trainable_precisions(["32-true", "bf16-mixed"], "cpu") == ["32-true", "bf16-mixed"]
 
 
-def test_serve_bench_drives_both_servers_and_writes_its_own_section(tiny_checkpoint, mirror, tmp_path):
+def test_serve_bench_drives_both_servers_and_writes_its_own_section(
+    tiny_checkpoint, mirror, tmp_path
+):
     from seq2seq.serving.loadtest import SECTION_START, run_serve_bench
     from seq2seq.serving.loadtest import save as save_serve
 
-    results = run_serve_bench(str(tiny_checkpoint), clients=(1, 4), sentences=24, time_limit=30, mirror=str(mirror))
+    results = run_serve_bench(
+        str(tiny_checkpoint), clients=(1, 4), sentences=24, time_limit=30, mirror=str(mirror)
+    )
     assert [(f.precision, f.clients, f.batching) for f in results.load] == [
-        ("fp32", 1, True), ("fp32", 1, False), ("fp32", 4, True), ("fp32", 4, False)
+        ("fp32", 1, True),
+        ("fp32", 1, False),
+        ("fp32", 4, True),
+        ("fp32", 4, False),
     ]
     for figures in results.load:
         assert figures.requests == figures.answered == 24 and figures.failed == figures.refused == 0
-        assert figures.sentences_per_second > 0 and figures.p50_ms <= figures.p95_ms <= figures.p99_ms
+        assert (
+            figures.sentences_per_second > 0 and figures.p50_ms <= figures.p95_ms <= figures.p99_ms
+        )
     (offline,) = results.offline
     assert offline.precision == "fp32" and offline.in_process > 0 and offline.whole_process > 0
 
     history = "# Benchmarks\n\nHand-written history.\n\n"
-    (tmp_path / "BENCH.md").write_text(history + LATEST_RUN_MARKER + "\n\nthe training bench's latest run\n")
+    (tmp_path / "BENCH.md").write_text(
+        history + LATEST_RUN_MARKER + "\n\nthe training bench's latest run\n"
+    )
     (tmp_path / "BENCH.json").write_text(json.dumps({"training": [1]}))
     for _ in range(2):  # a second run replaces the section instead of adding one
         save_serve(results, tmp_path / "BENCH", "seq2seq bench --serve")
     markdown = (tmp_path / "BENCH.md").read_text()
     assert markdown.startswith(history) and markdown.count(SECTION_START) == 1
-    assert markdown.index(SECTION_START) < markdown.index(LATEST_RUN_MARKER) < markdown.index("the training bench's latest run")
+    assert (
+        markdown.index(SECTION_START)
+        < markdown.index(LATEST_RUN_MARKER)
+        < markdown.index("the training bench's latest run")
+    )
     assert "| fp32 | 4 | on |" in markdown and "| fp32 | 4 | off |" in markdown
     report = json.loads((tmp_path / "BENCH.json").read_text())
     assert report["training"] == [1] and len(report["serve"]["load"]) == 4

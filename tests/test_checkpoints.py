@@ -45,9 +45,10 @@ def test_foreign_and_future_checkpoints(tiny_checkpoint, tmp_path):
         load_checkpoint(tmp_path / "future.ckpt")
 
 
-
 def test_a_text_file_is_not_mistaken_for_a_code_carrying_checkpoint(tmp_path):
     path = tmp_path / "notes.ckpt"
     path.write_text("these are my notes, not a model\n")
-    with pytest.raises(Seq2SeqError, match=r"notes.ckpt is truncated or corrupted \(not the zip archive"):
+    with pytest.raises(
+        Seq2SeqError, match=r"notes.ckpt is truncated or corrupted \(not the zip archive"
+    ):
         load_checkpoint(path)

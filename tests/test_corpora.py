@@ -38,7 +38,9 @@ def test_checksum_mismatch_removes_the_bad_file(tmp_path):
     (mirror / "demo").mkdir(parents=True)
     (mirror / "demo" / "file.txt").write_bytes(b"tampered\n")
     remote = remote_for(b"hello\n")
-    with pytest.raises(Seq2SeqError, match=f"checksum mismatch for demo/file.txt.*expected SHA-256 {remote.sha256}"):
+    with pytest.raises(
+        Seq2SeqError, match=f"checksum mismatch for demo/file.txt.*expected SHA-256 {remote.sha256}"
+    ):
         fetch(remote, tmp_path / "data", mirror)
     assert list((tmp_path / "data" / "demo").iterdir()) == []  # no final file, no partial file
 
@@ -49,7 +51,10 @@ def test_offline_without_mirror_names_the_url_and_the_variable(tmp_path, monkeyp
 
     monkeypatch.delenv("SEQ2SEQ_DATA_MIRROR", raising=False)
     monkeypatch.setattr("urllib.request.urlopen", offline)
-    with pytest.raises(Seq2SeqError, match=r"could not download https://example.invalid/file.txt .*SEQ2SEQ_DATA_MIRROR"):
+    with pytest.raises(
+        Seq2SeqError,
+        match=r"could not download https://example.invalid/file.txt .*SEQ2SEQ_DATA_MIRROR",
+    ):
         fetch(remote_for(b"x"), tmp_path / "data")
     assert list((tmp_path / "data" / "demo").iterdir()) == []
 
@@ -89,7 +94,9 @@ def test_tatoeba_split_is_stable_and_reversible(data_dir, tatoeba_splits):
     assert again["test"] == tatoeba_splits["test"]
     french = Tatoeba("fr", "en").load(data_dir)
     assert len(french["test"]) == 2000
-    assert {r for e in french["train"] for r in e.references} & {e.source for e in tatoeba_splits["train"]}
+    assert {r for e in french["train"] for r in e.references} & {
+        e.source for e in tatoeba_splits["train"]
+    }
 
 
 def test_multi30k_official_splits(data_dir, mirror):
@@ -97,12 +104,17 @@ def test_multi30k_official_splits(data_dir, mirror):
     corpus.prepare(data_dir, mirror)
     splits = corpus.load(data_dir)
     assert {name: len(s) for name, s in splits.items()} == {
-        "train": 29000, "val": 1014, "test_2016_flickr": 1000, "test_2017_flickr": 1000,
+        "train": 29000,
+        "val": 1014,
+        "test_2016_flickr": 1000,
+        "test_2017_flickr": 1000,
     }
     assert Multi30k("en", "cs").test_splits == ("test_2016_flickr",)
 
 
-@pytest.mark.parametrize("name, pair", [("tatoeba", ("en", "de")), ("multi30k", ("en", "xx")), ("wmt", ("en", "de"))])
+@pytest.mark.parametrize(
+    "name, pair", [("tatoeba", ("en", "de")), ("multi30k", ("en", "xx")), ("wmt", ("en", "de"))]
+)
 def test_unknown_corpus_or_pair_is_a_clear_error(name, pair):
     with pytest.raises(Seq2SeqError, match="unknown corpus|has no pair"):
         open_corpus(name, *pair)
@@ -120,20 +132,22 @@ def test_invalid_utf8_names_file_and_line(tmp_path):
 
 
 def test_read_lines_handles_gzip_and_windows_line_endings(tmp_path):
-    path = write(tmp_path / "x.gz", gzip.compress("a\r\n\r\nc\r\n".encode()))
+    path = write(tmp_path / "x.gz", gzip.compress(b"a\r\n\r\nc\r\n"))
     assert read_lines(path) == ["a", "", "c"]
 
 
 def test_custom_parallel_files_with_different_line_counts(tmp_path):
     source = write(tmp_path / "train.en", b"one\ntwo\n")
     target = write(tmp_path / "train.fr", b"un\n")
-    corpus = Custom("en", "fr", {"train": [str(source), str(target)], "valid": [str(source), str(source)]})
+    corpus = Custom(
+        "en", "fr", {"train": [str(source), str(target)], "valid": [str(source), str(source)]}
+    )
     with pytest.raises(Seq2SeqError, match=r"train.en has 2 lines but .*train.fr has 1"):
         corpus.load(tmp_path)
 
 
 def test_custom_tsv_with_references_and_a_line_without_tab(tmp_path):
-    good = write(tmp_path / "valid.tsv", "hello\tbonjour\tsalut\n".encode())
+    good = write(tmp_path / "valid.tsv", b"hello\tbonjour\tsalut\n")
     corpus = Custom("en", "fr", {"train": [str(good)], "valid": [str(good)]})
     assert corpus.load(tmp_path)["valid"][0].references == ("bonjour", "salut")
     bad = write(tmp_path / "train.tsv", b"hello\tbonjour\nno tab here\n")

@@ -1,4 +1,5 @@
-"""Scale-out: token batches shared among DDP processes, and a two-process CPU run of the tiny config."""
+"""Scale-out: token batches shared among DDP processes, and a two-process CPU run of the tiny
+config."""
 
 from __future__ import annotations
 
@@ -24,11 +25,15 @@ from tests.conftest import ROOT, TINY_CONFIG
 LENGTHS = [3 + (7 * i) % 40 for i in range(500)]
 
 
-def shares(processes: int, shuffle: bool = True, epoch: int = 0, max_tokens: int = 200) -> list[list[list[int]]]:
+def shares(
+    processes: int, shuffle: bool = True, epoch: int = 0, max_tokens: int = 200
+) -> list[list[list[int]]]:
     """The batches each of `processes` samplers yields in `epoch`."""
     result = []
     for rank in range(processes):
-        sampler = TokenBatchSampler(LENGTHS, max_tokens, shuffle, seed=5, num_replicas=processes, rank=rank)
+        sampler = TokenBatchSampler(
+            LENGTHS, max_tokens, shuffle, seed=5, num_replicas=processes, rank=rank
+        )
         sampler.set_epoch(epoch)
         result.append(list(sampler))
     return result
@@ -54,7 +59,9 @@ def test_one_process_yields_the_undivided_batches():
 
 
 def test_shares_are_the_same_on_every_process_and_reshuffled_each_epoch():
-    assert shares(2, epoch=3) == shares(2, epoch=3)  # each process computes everyone's batches alike
+    assert shares(2, epoch=3) == shares(
+        2, epoch=3
+    )  # each process computes everyone's batches alike
     first, second = shares(2, epoch=0), shares(2, epoch=1)
     assert first[0] != second[0]
     assert sorted(sentences(second[0] + second[1])) == list(range(len(LENGTHS)))
@@ -105,14 +112,22 @@ def test_a_resumed_process_skips_what_it_trained_on_in_its_own_share():
 def test_lightnings_distributed_sampler_stays_off(tmp_path):
     args = ["--config", str(TINY_CONFIG), "--checkpoint_dir", str(tmp_path)]
     assert build_cli(args).config.trainer.use_distributed_sampler is False
-    with pytest.raises(Seq2SeqError, match="use_distributed_sampler: the data module already gives each process"):
+    with pytest.raises(
+        Seq2SeqError, match="use_distributed_sampler: the data module already gives each process"
+    ):
         build_cli([*args, "--trainer.use_distributed_sampler", "true"])
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_make_train_devices_asks_lightning_for_ddp():
     def dry_run(*variables: str) -> str:
-        return subprocess.run(["make", "-n", "train", *variables], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+        return subprocess.run(
+            ["make", "-n", "train", *variables],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
 
     assert "--trainer.devices 2 --trainer.strategy ddp" in dry_run("DEVICES=2")
     assert "--trainer.devices 1" in dry_run("DEVICES=1") and "ddp" not in dry_run("DEVICES=1")
@@ -142,7 +157,9 @@ class RecordBatches(L.Callback):
             os._exit(KILLED)
         self.record(trainer, "train", batch)
 
-    def on_validation_batch_start(self, trainer, pl_module, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_validation_batch_start(
+        self, trainer, pl_module, batch: Batch, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         if not trainer.sanity_checking:
             self.record(trainer, "valid", batch)
 
@@ -150,24 +167,46 @@ class RecordBatches(L.Callback):
 KILLED = 3
 
 
-def ddp_train(checkpoints: Path, data_dir: Path, mirror: Path, records: Path, *extra: str, exit_at_step: int | None = None) -> subprocess.CompletedProcess:
+def ddp_train(
+    checkpoints: Path,
+    data_dir: Path,
+    mirror: Path,
+    records: Path,
+    *extra: str,
+    exit_at_step: int | None = None,
+) -> subprocess.CompletedProcess:
     """Two CPU processes on the tiny config (Lightning's launcher starts the second), 2 epochs."""
     records.mkdir(exist_ok=True)
-    callback = {"class_path": f"{__name__}.RecordBatches", "init_args": {"folder": str(records), "exit_at_step": exit_at_step}}
+    callback = {
+        "class_path": f"{__name__}.RecordBatches",
+        "init_args": {"folder": str(records), "exit_at_step": exit_at_step},
+    }
     args = [
         "train",
-        "--config", str(TINY_CONFIG),
-        "--checkpoint_dir", str(checkpoints),
-        "--data.data_dir", str(data_dir),
-        "--data.mirror", str(mirror),
-        "--trainer.accelerator", "cpu",
-        "--trainer.devices", "2",
-        "--trainer.strategy", "ddp",
-        "--trainer.max_epochs", "2",
-        "--trainer.check_val_every_n_epoch", "2",  # one validation, at the end
-        "--trainer.enable_progress_bar", "false",
-        "--trainer.callbacks", json.dumps([callback]),
-        "--model.network.dropout", "0.1",  # a resumed run must continue each process's random stream
+        "--config",
+        str(TINY_CONFIG),
+        "--checkpoint_dir",
+        str(checkpoints),
+        "--data.data_dir",
+        str(data_dir),
+        "--data.mirror",
+        str(mirror),
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        "2",
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.check_val_every_n_epoch",
+        "2",  # one validation, at the end
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.callbacks",
+        json.dumps([callback]),
+        "--model.network.dropout",
+        "0.1",  # a resumed run must continue each process's random stream
         *extra,
     ]
     # a session of its own, so a timeout can end both processes (the second is the first's child)
@@ -210,7 +249,9 @@ def saved(checkpoint: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_two_process_ddp_shares_batches_and_scores_exactly_the_valid_set(tmp_path, data_dir, mirror):
+def test_two_process_ddp_shares_batches_and_scores_exactly_the_valid_set(
+    tmp_path, data_dir, mirror
+):
     straight = ddp_train(tmp_path / "straight", data_dir, mirror, tmp_path / "straight-records")
     assert straight.returncode == 0, straight.stdout[-4000:]
 
@@ -219,28 +260,47 @@ def test_two_process_ddp_shares_batches_and_scores_exactly_the_valid_set(tmp_pat
     records = [read_records(tmp_path / "straight-records", rank) for rank in (0, 1)]
     for epoch in (0, 1):
         first, second = (sentences(r["train", epoch]) for r in records)
-        assert len(records[0]["train", epoch]) == len(records[1]["train", epoch]) == 4  # 7 batches, one halved
+        assert (
+            len(records[0]["train", epoch]) == len(records[1]["train", epoch]) == 4
+        )  # 7 batches, one halved
         assert not set(first) & set(second)
         assert sorted(first + second) == list(range(len(module.train_pairs)))
     assert records[0]["train", 0] != records[0]["train", 1]  # reshuffled each epoch
     first, second = (sentences(r["valid", 1]) for r in records)
-    assert sorted(first + second) == list(range(len(module.valid_pairs)))  # each valid sentence once
+    assert sorted(first + second) == list(
+        range(len(module.valid_pairs))
+    )  # each valid sentence once
     assert logged(tmp_path / "straight" / "tiny", "val_sentences") == [len(module.valid_pairs)]
 
     # killed (every process) right after last.ckpt at step 6, in the middle of epoch 1; rerun
     run, resumed_records = tmp_path / "resumed", tmp_path / "resumed-records"
-    killed = ddp_train(run, data_dir, mirror, resumed_records, "--last_checkpoint.every_n_train_steps", "6", exit_at_step=6)
+    killed = ddp_train(
+        run,
+        data_dir,
+        mirror,
+        resumed_records,
+        "--last_checkpoint.every_n_train_steps",
+        "6",
+        exit_at_step=6,
+    )
     assert killed.returncode == KILLED, killed.stdout[-4000:]
     assert saved(run / "tiny" / "last.ckpt")["global_step"] == 6
-    resumed = ddp_train(run, data_dir, mirror, resumed_records, "--last_checkpoint.every_n_train_steps", "6")
+    resumed = ddp_train(
+        run, data_dir, mirror, resumed_records, "--last_checkpoint.every_n_train_steps", "6"
+    )
     assert resumed.returncode == 0 and "Resuming from" in resumed.stdout, resumed.stdout[-4000:]
 
     for rank in (0, 1):  # the rerun trained on exactly the batches the killed one had left
         assert read_records(resumed_records, rank)["train", 1] == records[rank]["train", 1]
     assert logged(run / "tiny", "val_sentences") == [len(module.valid_pairs)]
-    final, expected = saved(run / "tiny" / "last.ckpt"), saved(tmp_path / "straight" / "tiny" / "last.ckpt")
+    final, expected = (
+        saved(run / "tiny" / "last.ckpt"),
+        saved(tmp_path / "straight" / "tiny" / "last.ckpt"),
+    )
     assert final["global_step"] == expected["global_step"] == 8
     first, second = (states["torch"] for states in final["rng_per_process"])
     assert not torch.equal(first, second)  # so restoring rank 0's state everywhere would not do
     for name, tensor in expected["state_dict"].items():
-        torch.testing.assert_close(final["state_dict"][name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(
+            final["state_dict"][name], tensor, rtol=1e-5, atol=1e-6, msg=name
+        )

@@ -4,22 +4,27 @@ import subprocess
 import sys
 import unicodedata
 
-import pytest
-
 from seq2seq.cli import main
 from seq2seq.evaluate import score
-from seq2seq.translate import SearchSettings, Translator, load_checkpoint
 from seq2seq.figures import read_run_metrics
+from seq2seq.translate import SearchSettings, Translator, load_checkpoint
 from tests.conftest import TINY_CONFIG
 
 
 def test_training_loss_falls(tiny_run):
-    losses = [float(row["train_loss"]) for row in read_run_metrics(tiny_run) if row.get("train_loss")]
+    losses = [
+        float(row["train_loss"]) for row in read_run_metrics(tiny_run) if row.get("train_loss")
+    ]
     assert losses[-1] < losses[0] / 10
 
 
 def test_run_folder_holds_checkpoints_config_and_metrics(tiny_run):
-    for name in ("best.ckpt", "last.ckpt", "logs/version_0/config.yaml", "logs/version_0/metrics.csv"):
+    for name in (
+        "best.ckpt",
+        "last.ckpt",
+        "logs/version_0/config.yaml",
+        "logs/version_0/metrics.csv",
+    ):
         assert (tiny_run / name).is_file(), name
     assert any(row.get("val_bleu") for row in read_run_metrics(tiny_run))
 
@@ -35,7 +40,9 @@ def test_checkpoint_alone_carries_tokenizers_and_settings(tiny_checkpoint):
     info = load_checkpoint(tiny_checkpoint)["seq2seq"]
     assert info["corpus"]["corpus"] == "tatoeba"
     assert info["network"]["attention"] == "additive"
-    assert isinstance(info["source_tokenizer"], bytes) and isinstance(info["target_tokenizer"], bytes)
+    assert isinstance(info["source_tokenizer"], bytes) and isinstance(
+        info["target_tokenizer"], bytes
+    )
 
 
 def is_one_of(output: str, references: tuple[str, ...]) -> bool:
@@ -45,13 +52,19 @@ def is_one_of(output: str, references: tuple[str, ...]) -> bool:
 
 def run_cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "seq2seq", *args], input=stdin, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "seq2seq", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
 def test_translate_command_writes_one_line_per_input_line(tiny_checkpoint, training_examples):
     lines = [training_examples[0].source, "", "   ", training_examples[5].source]
-    result = run_cli("translate", "--checkpoint", str(tiny_checkpoint), stdin="\n".join(lines) + "\n")
+    result = run_cli(
+        "translate", "--checkpoint", str(tiny_checkpoint), stdin="\n".join(lines) + "\n"
+    )
     assert result.returncode == 0, result.stderr
     output = result.stdout.split("\n")[:-1]
     assert len(output) == 4
@@ -63,7 +76,15 @@ def test_translate_command_writes_one_line_per_input_line(tiny_checkpoint, train
 def test_translate_command_with_files(tiny_checkpoint, training_examples, tmp_path):
     source = tmp_path / "in.en"
     source.write_text("".join(e.source + "\r\n" for e in training_examples[:20]), encoding="utf-8")
-    result = run_cli("translate", "--checkpoint", str(tiny_checkpoint), "--input", str(source), "--output", str(tmp_path / "out.fr"))
+    result = run_cli(
+        "translate",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--input",
+        str(source),
+        "--output",
+        str(tmp_path / "out.fr"),
+    )
     assert result.returncode == 0, result.stderr
     output = (tmp_path / "out.fr").read_text(encoding="utf-8").split("\n")[:-1]
     assert len(output) == 20
@@ -76,7 +97,11 @@ def test_evaluate_command_prints_scores_and_saves_hypotheses(tiny_checkpoint, mi
     for metric in ("BLEU = ", "BLEU lowercased = ", "chrF = ", "TER = "):
         assert metric in printed
     assert "nrefs:var" in printed
-    hypotheses = (tiny_checkpoint.parent / "last.greedy.test.fr").read_text(encoding="utf-8").split("\n")[:-1]
+    hypotheses = (
+        (tiny_checkpoint.parent / "last.greedy.test.fr")
+        .read_text(encoding="utf-8")
+        .split("\n")[:-1]
+    )
     assert len(hypotheses) == 2000
 
 
@@ -99,7 +124,9 @@ def test_beam_search_also_reproduces_training_pairs(tiny_checkpoint, training_ex
     assert score(hypotheses, [e.references for e in training_examples])[0].score > 90
 
 
-def test_interactive_prompt_translates_each_line_until_end_of_input(tiny_checkpoint, training_examples, monkeypatch, capsys):
+def test_interactive_prompt_translates_each_line_until_end_of_input(
+    tiny_checkpoint, training_examples, monkeypatch, capsys
+):
     from seq2seq.cli import interactive
 
     typed = iter([training_examples[0].source, ""])

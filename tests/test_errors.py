@@ -26,7 +26,14 @@ def run_cli(capsys, *args: str) -> str:
 
 
 def train(tmp_path: Path, *args: str) -> tuple[str, ...]:
-    return ("train", "--config", str(TINY_CONFIG), "--checkpoint_dir", str(tmp_path / "runs"), *args)
+    return (
+        "train",
+        "--config",
+        str(TINY_CONFIG),
+        "--checkpoint_dir",
+        str(tmp_path / "runs"),
+        *args,
+    )
 
 
 # --------------------------------------------------------------------------- config
@@ -35,12 +42,28 @@ def train(tmp_path: Path, *args: str) -> tuple[str, ...]:
 @pytest.mark.parametrize(
     "args, expected",
     [
-        (("--model.learnin_rate", "3"), "unknown config key 'model.learnin_rate' (did you mean 'model.learning_rate'?)"),
-        (("--data.vocab_sise", "3"), "unknown config key 'data.vocab_sise' (did you mean 'data.vocab_size'?)"),
-        (("--model.network.dropuot", "0.1"), "unknown config key 'model.network.dropuot' (did you mean 'model.network.dropout'?)"),
-        (("--trainer.max_epoch", "3"), "unknown config key 'trainer.max_epoch' (did you mean 'trainer.max_epochs'?)"),
+        (
+            ("--model.learnin_rate", "3"),
+            "unknown config key 'model.learnin_rate' (did you mean 'model.learning_rate'?)",
+        ),
+        (
+            ("--data.vocab_sise", "3"),
+            "unknown config key 'data.vocab_sise' (did you mean 'data.vocab_size'?)",
+        ),
+        (
+            ("--model.network.dropuot", "0.1"),
+            "unknown config key 'model.network.dropuot' (did you mean 'model.network.dropout'?)",
+        ),
+        (
+            ("--trainer.max_epoch", "3"),
+            "unknown config key 'trainer.max_epoch' (did you mean 'trainer.max_epochs'?)",
+        ),
         (("--zzz", "1"), "unknown config key 'zzz' (no similar key exists)"),
-        (("--model.learning_rate", "abc"), "bad value for config key 'model.learning_rate': Expected a <class 'float'>. Got value: abc"),
+        (
+            ("--model.learning_rate", "abc"),
+            "bad value for config key 'model.learning_rate': Expected a <class 'float'>. Got "
+            "value: abc",
+        ),
         (("--trainer.max_epochs", "x"), "bad value for config key 'trainer.max_epochs'"),
     ],
 )
@@ -50,9 +73,13 @@ def test_config_mistakes_on_the_command_line(tmp_path, capsys, args, expected):
     assert not (tmp_path / "runs").exists()
 
 
-def test_lightning_save_last_is_refused_because_it_would_overwrite_a_mid_epoch_last_ckpt(tmp_path, capsys):
+def test_lightning_save_last_is_refused_because_it_would_overwrite_a_mid_epoch_last_ckpt(
+    tmp_path, capsys
+):
     error = run_cli(capsys, *train(tmp_path, "--checkpoint.save_last", "true"))
-    assert error.startswith("seq2seq: error: checkpoint.save_last: last.ckpt is written by last_checkpoint")
+    assert error.startswith(
+        "seq2seq: error: checkpoint.save_last: last.ckpt is written by last_checkpoint"
+    )
 
 
 def test_unknown_key_in_a_config_file(tmp_path, capsys):
@@ -69,7 +96,9 @@ def test_missing_config_file(tmp_path, capsys):
 
 
 def test_unknown_corpus_and_pair_through_the_cli(tmp_path, capsys):
-    assert "unknown corpus 'wmt'; choose one of tatoeba, multi30k, custom" in run_cli(capsys, *train(tmp_path, "--data.corpus", "wmt"))
+    assert "unknown corpus 'wmt'; choose one of tatoeba, multi30k, custom" in run_cli(
+        capsys, *train(tmp_path, "--data.corpus", "wmt")
+    )
     error = run_cli(capsys, *train(tmp_path, "--data.target_lang", "de"))
     assert "corpus tatoeba has no pair en-de; choose one of en-fr, fr-en" in error
 
@@ -81,7 +110,10 @@ def test_offline_without_a_mirror_through_the_cli(tmp_path, capsys, monkeypatch)
     monkeypatch.delenv("SEQ2SEQ_DATA_MIRROR", raising=False)
     monkeypatch.setattr("urllib.request.urlopen", offline)
     error = run_cli(capsys, *train(tmp_path, "--data.data_dir", str(tmp_path / "data")))
-    assert error.startswith("seq2seq: error: could not download https://") and "set SEQ2SEQ_DATA_MIRROR" in error
+    assert (
+        error.startswith("seq2seq: error: could not download https://")
+        and "set SEQ2SEQ_DATA_MIRROR" in error
+    )
     assert list((tmp_path / "data" / "tatoeba").iterdir()) == []  # no partial download left
     assert not list((tmp_path / "runs").rglob("*.ckpt"))
 
@@ -90,38 +122,66 @@ def test_offline_without_a_mirror_through_the_cli(tmp_path, capsys, monkeypatch)
 
 
 def custom_run(tmp_path: Path, train_files: list[Path], valid_files: list[Path]) -> tuple[str, ...]:
-    files = "{train: [%s], valid: [%s]}" % (", ".join(map(str, train_files)), ", ".join(map(str, valid_files)))
-    return train(tmp_path, "--data.corpus", "custom", "--data.custom_files", files, "--data.data_dir", str(tmp_path / "data"))
+    files = "{{train: [{}], valid: [{}]}}".format(
+        ", ".join(map(str, train_files)),
+        ", ".join(map(str, valid_files)),
+    )
+    return train(
+        tmp_path,
+        "--data.corpus",
+        "custom",
+        "--data.custom_files",
+        files,
+        "--data.data_dir",
+        str(tmp_path / "data"),
+    )
 
 
 def test_misaligned_parallel_files_through_the_cli(tmp_path, capsys):
     (tmp_path / "a.en").write_text("one\ntwo\nthree\n")
     (tmp_path / "a.fr").write_text("un\ndeux\n")
-    error = run_cli(capsys, *custom_run(tmp_path, [tmp_path / "a.en", tmp_path / "a.fr"], [tmp_path / "a.en", tmp_path / "a.en"]))
+    error = run_cli(
+        capsys,
+        *custom_run(
+            tmp_path, [tmp_path / "a.en", tmp_path / "a.fr"], [tmp_path / "a.en", tmp_path / "a.en"]
+        ),
+    )
     assert f"{tmp_path / 'a.en'} has 3 lines but {tmp_path / 'a.fr'} has 2" in error
 
 
 def test_invalid_utf8_through_the_cli(tmp_path, capsys):
     (tmp_path / "train.tsv").write_bytes(b"hello\tbonjour\ncaf\xe9\tcaf\xe9\n")
-    error = run_cli(capsys, *custom_run(tmp_path, [tmp_path / "train.tsv"], [tmp_path / "train.tsv"]))
-    assert f"{tmp_path / 'train.tsv'}, line 2: invalid UTF-8 (byte 0xe9)" in error and "iconv" in error
+    error = run_cli(
+        capsys, *custom_run(tmp_path, [tmp_path / "train.tsv"], [tmp_path / "train.tsv"])
+    )
+    assert (
+        f"{tmp_path / 'train.tsv'}, line 2: invalid UTF-8 (byte 0xe9)" in error and "iconv" in error
+    )
 
 
 def test_tsv_line_without_a_tab_through_the_cli(tmp_path, capsys):
     (tmp_path / "train.tsv").write_text("hello\tbonjour\nno tab here\n")
-    error = run_cli(capsys, *custom_run(tmp_path, [tmp_path / "train.tsv"], [tmp_path / "train.tsv"]))
-    assert f"{tmp_path / 'train.tsv'}, line 2: expected 'source<TAB>reference', found no tab" in error
+    error = run_cli(
+        capsys, *custom_run(tmp_path, [tmp_path / "train.tsv"], [tmp_path / "train.tsv"])
+    )
+    assert (
+        f"{tmp_path / 'train.tsv'}, line 2: expected 'source<TAB>reference', found no tab" in error
+    )
 
 
 def test_corpus_empty_after_cleaning(tmp_path):
     tsv = tmp_path / "blank.tsv"
     tsv.write_text(" \t \n\tonly a target\nonly a source\t\n")
-    module = TranslationDataModule("custom", "en", "fr", {"train": [str(tsv)], "valid": [str(tsv)]}, data_dir=str(tmp_path))
-    with pytest.raises(Seq2SeqError, match=r"the train split of corpus custom \(en-fr\) is empty after cleaning"):
+    module = TranslationDataModule(
+        "custom", "en", "fr", {"train": [str(tsv)], "valid": [str(tsv)]}, data_dir=str(tmp_path)
+    )
+    with pytest.raises(
+        Seq2SeqError, match=r"the train split of corpus custom \(en-fr\) is empty after cleaning"
+    ):
         module.load_splits()
 
 
-# --------------------------------------------------------------------------- archives and checkpoints
+# ------------------------------------------------------------------------- archives and checkpoints
 
 
 def tatoeba_archive(folder: Path, members: dict[str, str]) -> Path:
@@ -133,10 +193,14 @@ def tatoeba_archive(folder: Path, members: dict[str, str]) -> Path:
     return path
 
 
-@pytest.mark.parametrize("evil", ["../evil.txt", "/etc/evil.txt", "sub/../../evil.txt", "C:/evil.txt"])
+@pytest.mark.parametrize(
+    "evil", ["../evil.txt", "/etc/evil.txt", "sub/../../evil.txt", "C:/evil.txt"]
+)
 def test_archive_member_escaping_the_folder_is_refused(tmp_path, evil):
     tatoeba_archive(tmp_path, {"fra.txt": "Hi.\tSalut.\n", evil: "payload"})
-    with pytest.raises(Seq2SeqError, match=rf"fra-eng.zip holds a member whose path leaves its folder \({evil}\)"):
+    with pytest.raises(
+        Seq2SeqError, match=rf"fra-eng.zip holds a member whose path leaves its folder \({evil}\)"
+    ):
         Tatoeba("en", "fr").load(tmp_path)
     assert not (tmp_path.parent / "evil.txt").exists()
 

@@ -29,11 +29,16 @@ from tests.test_checkpoints import RunsCode
 def train_args(checkpoints: Path, data_dir: Path, mirror: Path, *extra: str) -> list[str]:
     return [
         "train",
-        "--config", str(TINY_CONFIG),
-        "--checkpoint_dir", str(checkpoints),
-        "--data.data_dir", str(data_dir),
-        "--data.mirror", str(mirror),
-        "--trainer.enable_progress_bar", "false",
+        "--config",
+        str(TINY_CONFIG),
+        "--checkpoint_dir",
+        str(checkpoints),
+        "--data.data_dir",
+        str(data_dir),
+        "--data.mirror",
+        str(mirror),
+        "--trainer.enable_progress_bar",
+        "false",
         *extra,
     ]
 
@@ -58,7 +63,9 @@ def test_loader_resumes_mid_epoch_with_the_same_batches_and_lightning_sets_its_e
     lengths = [len(p.target) + 1 for p in pairs]
 
     def loader() -> ResumableDataLoader:
-        return ResumableDataLoader(pairs, batch_sampler=TokenBatchSampler(lengths, 60, True, seed=3), collate_fn=collate)
+        return ResumableDataLoader(
+            pairs, batch_sampler=TokenBatchSampler(lengths, 60, True, seed=3), collate_fn=collate
+        )
 
     first = loader()
     _set_sampler_epoch(first, 2)  # what Lightning's fit loop calls at each epoch start
@@ -80,7 +87,11 @@ def test_loader_resumes_mid_epoch_with_the_same_batches_and_lightning_sets_its_e
 
 def start_training(args: list[str]) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "seq2seq", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [sys.executable, "-m", "seq2seq", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -102,11 +113,22 @@ def kill_once_saved(process: subprocess.Popen, checkpoint: Path, timeout: float 
 # validation in the middle of epoch 0 (as configs/tatoeba-en-fr.yaml validates twice an epoch;
 # lr_patience 0 makes the plateau scheduler act, so its restored state matters too).
 KILL_POINTS = {
-    "periodic save": (("--last_checkpoint.every_n_train_steps", "10"), {"epoch": 1, "batches_done": 3}),
+    "periodic save": (
+        ("--last_checkpoint.every_n_train_steps", "10"),
+        {"epoch": 1, "batches_done": 3},
+    ),
     "mid-epoch validation": (
         (
-            "--last_checkpoint.every_n_train_steps", "0", "--trainer.val_check_interval", "0.5",
-            "--trainer.check_val_every_n_epoch", "1", "--trainer.limit_val_batches", "2", "--model.lr_patience", "0",
+            "--last_checkpoint.every_n_train_steps",
+            "0",
+            "--trainer.val_check_interval",
+            "0.5",
+            "--trainer.check_val_every_n_epoch",
+            "1",
+            "--trainer.limit_val_batches",
+            "2",
+            "--model.lr_patience",
+            "0",
         ),
         {"epoch": 0, "batches_done": 3},
     ),
@@ -115,11 +137,21 @@ KILL_POINTS = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kill_point", KILL_POINTS)
-def test_kill_9_then_the_same_command_resumes_and_ends_with_the_uninterrupted_weights(tmp_path, data_dir, mirror, kill_point):
+def test_kill_9_then_the_same_command_resumes_and_ends_with_the_uninterrupted_weights(
+    tmp_path, data_dir, mirror, kill_point
+):
     options, position = KILL_POINTS[kill_point]
     # dropout 0.1: the resumed run must also continue the saved random streams; CPU: the promise is
     # bit-exact there (cuDNN's GRU kernels are not deterministic)
-    extra = ("--trainer.max_epochs", "2", "--model.network.dropout", "0.1", "--trainer.accelerator", "cpu", *options)
+    extra = (
+        "--trainer.max_epochs",
+        "2",
+        "--model.network.dropout",
+        "0.1",
+        "--trainer.accelerator",
+        "cpu",
+        *options,
+    )
     assert main(train_args(tmp_path / "straight", data_dir, mirror, *extra)) == 0
     straight = load_checkpoint(tmp_path / "straight" / "tiny" / "last.ckpt")
     assert straight["global_step"] == 14
@@ -128,32 +160,52 @@ def test_kill_9_then_the_same_command_resumes_and_ends_with_the_uninterrupted_we
     last = tmp_path / "killed" / "tiny" / "last.ckpt"
     kill_once_saved(start_training(args), last)
     saved = load_checkpoint(last)  # complete and readable despite the kill
-    assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"][0] == position  # killed mid-epoch
+    assert (
+        saved["loops"]["fit_loop"]["state_dict"]["combined_loader"][0] == position
+    )  # killed mid-epoch
 
-    rerun = subprocess.run([sys.executable, "-m", "seq2seq", *args], cwd=ROOT, capture_output=True, text=True)
+    rerun = subprocess.run(
+        [sys.executable, "-m", "seq2seq", *args], cwd=ROOT, capture_output=True, text=True
+    )
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert f"Resuming from {last}" in rerun.stdout
     resumed, uninterrupted = weights(last), straight["state_dict"]
     assert resumed.keys() == uninterrupted.keys()
     for name in uninterrupted:
-        torch.testing.assert_close(resumed[name], uninterrupted[name], rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(
+            resumed[name], uninterrupted[name], rtol=1e-5, atol=1e-6, msg=name
+        )
 
 
 @pytest.mark.slow
-def test_max_time_stopping_mid_epoch_writes_a_resumable_last_ckpt(tmp_path, data_dir, mirror, capsys):
-    args = train_args(tmp_path, data_dir, mirror, "--trainer.max_time", "00:00:00:02", "--last_checkpoint.every_n_train_steps", "0")
+def test_max_time_stopping_mid_epoch_writes_a_resumable_last_ckpt(
+    tmp_path, data_dir, mirror, capsys
+):
+    args = train_args(
+        tmp_path,
+        data_dir,
+        mirror,
+        "--trainer.max_time",
+        "00:00:00:02",
+        "--last_checkpoint.every_n_train_steps",
+        "0",
+    )
     assert main(args) == 0
     saved = load_checkpoint(tmp_path / "tiny" / "last.ckpt")
     epochs = saved["loops"]["fit_loop"]["epoch_progress"]["current"]
     assert epochs["processed"] == epochs["started"] - 1  # saved inside the epoch, not after it
-    assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["epoch"] == epochs["processed"]
+    assert (
+        saved["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["epoch"]
+        == epochs["processed"]
+    )
 
 
 # --------------------------------------------------------------------------- full disk
 
 
 def fail_after(budget: int):
-    """A torch.save that writes part of the file, then hits a full disk, after `budget` good calls."""
+    """A torch.save that writes part of the file, then hits a full disk, after `budget` good
+    calls."""
     real_save = torch.save
     calls = {"n": 0}
 
@@ -167,13 +219,18 @@ def fail_after(budget: int):
     return save
 
 
-def test_full_disk_keeps_the_previous_checkpoint_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+def test_full_disk_keeps_the_previous_checkpoint_and_leaves_no_temporary_file(
+    tmp_path, monkeypatch
+):
     path = tmp_path / "last.ckpt"
     io = AtomicCheckpointIO()
     io.save_checkpoint({"step": torch.tensor(1)}, path)
     before = path.read_bytes()
     monkeypatch.setattr(checkpointing.torch, "save", fail_after(0))
-    message = r"could not write checkpoint .*last.ckpt \(No space left on device\); the previous last.ckpt, if any, is intact"
+    message = (
+        r"could not write checkpoint .*last.ckpt \(No space left on device\); "
+        r"the previous last.ckpt, if any, is intact"
+    )
     with pytest.raises(Seq2SeqError, match=message):
         io.save_checkpoint({"step": torch.tensor(2)}, path)
     assert path.read_bytes() == before
@@ -194,12 +251,27 @@ def test_two_writers_of_one_file_never_mix_their_bytes(tmp_path):
 
 
 @pytest.mark.slow
-def test_full_disk_during_training_stops_with_one_line_and_keeps_last_ckpt(tmp_path, data_dir, mirror, monkeypatch, capsys):
-    monkeypatch.setattr(checkpointing.torch, "save", fail_after(1))  # the step-3 save works, the step-6 one fails
-    args = train_args(tmp_path, data_dir, mirror, "--trainer.max_epochs", "1", "--last_checkpoint.every_n_train_steps", "3")
+def test_full_disk_during_training_stops_with_one_line_and_keeps_last_ckpt(
+    tmp_path, data_dir, mirror, monkeypatch, capsys
+):
+    monkeypatch.setattr(
+        checkpointing.torch, "save", fail_after(1)
+    )  # the step-3 save works, the step-6 one fails
+    args = train_args(
+        tmp_path,
+        data_dir,
+        mirror,
+        "--trainer.max_epochs",
+        "1",
+        "--last_checkpoint.every_n_train_steps",
+        "3",
+    )
     assert main(args) == 1
     error = capsys.readouterr().err.strip()
-    assert error.startswith("seq2seq: error: could not write checkpoint") and "No space left on device" in error
+    assert (
+        error.startswith("seq2seq: error: could not write checkpoint")
+        and "No space left on device" in error
+    )
     assert "\n" not in error
     run = tmp_path / "tiny"
     assert load_checkpoint(run / "last.ckpt")["global_step"] == 3
@@ -210,27 +282,47 @@ def test_full_disk_during_training_stops_with_one_line_and_keeps_last_ckpt(tmp_p
 
 
 @pytest.mark.slow
-def test_nan_loss_stops_training_with_a_message_and_no_broken_checkpoint(tmp_path, data_dir, mirror, capsys):
+def test_nan_loss_stops_training_with_a_message_and_no_broken_checkpoint(
+    tmp_path, data_dir, mirror, capsys
+):
     args = train_args(
-        tmp_path, data_dir, mirror,
-        "--model.learning_rate", "1e37", "--model.warmup_steps", "1",  # weights near float32's limit: logits overflow
-        "--trainer.max_epochs", "1", "--last_checkpoint.every_n_train_steps", "1",
+        tmp_path,
+        data_dir,
+        mirror,
+        "--model.learning_rate",
+        "1e37",
+        "--model.warmup_steps",
+        "1",  # weights near float32's limit: logits overflow
+        "--trainer.max_epochs",
+        "1",
+        "--last_checkpoint.every_n_train_steps",
+        "1",
     )
     assert main(args) == 1
     error = capsys.readouterr().err.strip()
-    assert error.startswith("seq2seq: training stopped: training loss became") and "lower the learning_rate" in error
+    assert (
+        error.startswith("seq2seq: training stopped: training loss became")
+        and "lower the learning_rate" in error
+    )
     for checkpoint in (tmp_path / "tiny").glob("*.ckpt"):
         assert all(torch.isfinite(t).all() for t in weights(checkpoint).values()), checkpoint
 
 
 def test_nan_weights_are_never_saved():
-    state = {"net.a": torch.ones(2), "net.b": torch.tensor([1.0, float("nan")]), "count": torch.tensor(3)}
-    with pytest.raises(FloatingPointError, match=r"weights became NaN or infinite at step 7 \(net.b\); the checkpoint was not written"):
+    state = {
+        "net.a": torch.ones(2),
+        "net.b": torch.tensor([1.0, float("nan")]),
+        "count": torch.tensor(3),
+    }
+    with pytest.raises(
+        FloatingPointError,
+        match=r"weights became NaN or infinite at step 7 \(net.b\); the checkpoint was not written",
+    ):
         assert_finite(state, 7)
     assert_finite({"net.a": torch.ones(2)}, 7)
 
 
-# --------------------------------------------------------------------------- resuming from a bad file
+# ------------------------------------------------------------------------- resuming from a bad file
 
 
 def crafted(path: Path) -> None:
@@ -240,13 +332,18 @@ def crafted(path: Path) -> None:
 
 BAD_CHECKPOINTS = {
     "missing": (lambda path: None, "does not exist"),
-    "corrupted": (lambda path: path.write_bytes(b"PK\x03\x04garbage" * 10), "is truncated or corrupted"),
+    "corrupted": (
+        lambda path: path.write_bytes(b"PK\x03\x04garbage" * 10),
+        "is truncated or corrupted",
+    ),
     "crafted to run code": (crafted, "was refused: it holds objects other than tensors"),
 }
 
 
 @pytest.mark.parametrize("kind", BAD_CHECKPOINTS)
-def test_resuming_from_a_missing_corrupted_or_malicious_checkpoint_is_one_line(tmp_path, data_dir, mirror, capsys, kind):
+def test_resuming_from_a_missing_corrupted_or_malicious_checkpoint_is_one_line(
+    tmp_path, data_dir, mirror, capsys, kind
+):
     make, message = BAD_CHECKPOINTS[kind]
     checkpoint = tmp_path / "given.ckpt"
     make(checkpoint)

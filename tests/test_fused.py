@@ -10,7 +10,9 @@ from seq2seq.attention import additive_scores
 from seq2seq.loss import smoothed_cross_entropy
 
 
-@pytest.mark.parametrize("values_per_slice", [1, 2 * 4 * 5 * 6, 2**19])  # 1 row, 2 rows, all rows a slice
+@pytest.mark.parametrize(
+    "values_per_slice", [1, 2 * 4 * 5 * 6, 2**19]
+)  # 1 row, 2 rows, all rows a slice
 def test_additive_scores_pass_gradcheck(monkeypatch, values_per_slice):
     monkeypatch.setattr(seq2seq.attention, "VALUES_PER_SLICE", values_per_slice)
     torch.manual_seed(0)
@@ -29,7 +31,10 @@ def test_additive_scores_under_bf16_autocast_match_fp32():
     with torch.autocast("cpu", torch.bfloat16):
         scores = additive_scores(queries.bfloat16(), keys.bfloat16(), energy)
     assert scores.dtype == torch.float32
-    expected = torch.tanh(queries.bfloat16().float().unsqueeze(2) + keys.bfloat16().float().unsqueeze(1)) @ energy
+    expected = (
+        torch.tanh(queries.bfloat16().float().unsqueeze(2) + keys.bfloat16().float().unsqueeze(1))
+        @ energy
+    )
     torch.testing.assert_close(scores, expected)
     scores.sum().backward()
     assert energy.grad.dtype == torch.float32

@@ -14,20 +14,55 @@ from seq2seq.translate import Translator
 
 # Characters that break naive text handling, mixed into otherwise arbitrary text.
 AWKWARD = [
-    "", " ", "\t", "\u00a0", "\u3000",  # empty and blank
-    "\x00", "\x07", "\x1b[31m", "\x7f", "\x85", "\u2028", "\u2029", "\x0b", "\x0c",  # control characters
-    "\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u00ad",  # zero-width
-    "\u202e", "\u2066",  # bidirectional overrides
-    "😀", "👍🏽", "👩‍👩‍👧", "🇫🇷",  # emoji, modifiers, ZWJ sequences, flags
-    "日本語のテキスト", "Ελληνικά", "עברית", "हिन्दी", "𓂀𓃾", "ᚠᛇᚻ",  # scripts never seen in training
-    "e\u0301", "\ufb01", "Ａ",  # combining marks and compatibility forms
+    "",
+    " ",
+    "\t",
+    "\u00a0",
+    "\u3000",  # empty and blank
+    "\x00",
+    "\x07",
+    "\x1b[31m",
+    "\x7f",
+    "\x85",
+    "\u2028",
+    "\u2029",
+    "\x0b",
+    "\x0c",  # control characters
+    "\u200b",
+    "\u200c",
+    "\u200d",
+    "\u2060",
+    "\ufeff",
+    "\u00ad",  # zero-width
+    "\u202e",
+    "\u2066",  # bidirectional overrides
+    "😀",
+    "👍🏽",
+    "👩‍👩‍👧",
+    "🇫🇷",  # emoji, modifiers, ZWJ sequences, flags
+    "日本語のテキスト",
+    "Ελληνικά",
+    "עברית",
+    "हिन्दी",
+    "𓂀𓃾",
+    "ᚠᛇᚻ",  # scripts never seen in training
+    "e\u0301",
+    "\ufb01",
+    "Ａ",  # combining marks and compatibility forms
     "I am very tired.",  # ordinary input between the strange
 ]
 any_character = st.characters(exclude_categories=("Cs",))  # every code point UTF-8 can carry
 piece = st.one_of(st.sampled_from(AWKWARD), st.text(any_character, max_size=30))
-line = st.lists(piece, max_size=4).map("".join).map(lambda text: text.replace("\n", " ").replace("\r", " "))
+line = (
+    st.lists(piece, max_size=4)
+    .map("".join)
+    .map(lambda text: text.replace("\n", " ").replace("\r", " "))
+)
 FUZZ = settings(
-    max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=40,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 
 
@@ -51,7 +86,8 @@ def test_any_lines_translate_to_exactly_one_line_each(translator, lines):
 @FUZZ
 @given(pieces=st.lists(st.tuples(line, st.sampled_from(["\n", "\r\n"])), max_size=6), last=line)
 def test_any_text_file_gives_one_output_line_per_input_line(translator, pieces, last):
-    """Files as the CLI reads them: Windows or Unix line endings, with or without a final newline."""
+    """Files as the CLI reads them: Windows or Unix line endings, with or without a final
+    newline."""
     text = "".join(content + ending for content, ending in pieces) + last
     lines = read_lines(Path("fuzz.txt"), text.encode("utf-8"))
     assert len(lines) == text.count("\n") + (1 if last else 0)

@@ -1,4 +1,5 @@
-"""The CUDA path: bf16-mixed training and translation on a GPU (skipped where there is none, as in CI)."""
+"""The CUDA path: bf16-mixed training and translation on a GPU (skipped where there is none, as in
+CI)."""
 
 from pathlib import Path
 
@@ -20,14 +21,22 @@ def cuda_run(tmp_path_factory, data_dir, mirror):
     folder = tmp_path_factory.mktemp("cuda")
     cli = train(
         [
-            "--config", str(TINY_CONFIG),
-            "--checkpoint_dir", str(folder),
-            "--data.data_dir", str(data_dir),
-            "--data.mirror", str(mirror),
-            "--trainer.accelerator", "gpu",
-            "--trainer.devices", "1",
-            "--trainer.precision", "bf16-mixed",
-            "--trainer.enable_progress_bar", "false",
+            "--config",
+            str(TINY_CONFIG),
+            "--checkpoint_dir",
+            str(folder),
+            "--data.data_dir",
+            str(data_dir),
+            "--data.mirror",
+            str(mirror),
+            "--trainer.accelerator",
+            "gpu",
+            "--trainer.devices",
+            "1",
+            "--trainer.precision",
+            "bf16-mixed",
+            "--trainer.enable_progress_bar",
+            "false",
         ]
     )
     return cli, folder / "tiny"
@@ -35,7 +44,9 @@ def cuda_run(tmp_path_factory, data_dir, mirror):
 
 def test_bf16_mixed_training_on_the_gpu_memorises_the_training_pairs(cuda_run, training_examples):
     cli, run = cuda_run
-    assert cli.trainer.strategy.root_device.type == "cuda"  # fit moves the module back to the CPU at its end
+    assert (
+        cli.trainer.strategy.root_device.type == "cuda"
+    )  # fit moves the module back to the CPU at its end
     assert cli.trainer.precision == "bf16-mixed"
     (optimizer,) = cli.trainer.optimizers
     assert optimizer.defaults["fused"]
@@ -48,11 +59,15 @@ def test_bf16_mixed_training_on_the_gpu_memorises_the_training_pairs(cuda_run, t
 
 @pytest.mark.parametrize("beam_size", [1, 5])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_gpu_translation_agrees_with_the_cpu(tiny_checkpoint: Path, training_examples, beam_size, precision):
+def test_gpu_translation_agrees_with_the_cpu(
+    tiny_checkpoint: Path, training_examples, beam_size, precision
+):
     sources = [e.source for e in training_examples[:64]]
     settings = SearchSettings(beam_size=beam_size)
     on_cpu = Translator.from_checkpoint(tiny_checkpoint, "cpu", settings).translate(sources)
-    on_gpu = Translator.from_checkpoint(tiny_checkpoint, "cuda", settings, precision).translate(sources)
+    on_gpu = Translator.from_checkpoint(tiny_checkpoint, "cuda", settings, precision).translate(
+        sources
+    )
     assert sum(a == b for a, b in zip(on_cpu, on_gpu)) >= 58
 
 

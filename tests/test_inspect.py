@@ -1,4 +1,5 @@
-"""What users inspect: n-best lists, scores, attention pictures, reports, averaged checkpoints, curves."""
+"""What users inspect: n-best lists, scores, attention pictures, reports, averaged checkpoints,
+curves."""
 
 import json
 
@@ -20,12 +21,35 @@ def translate(tiny_checkpoint, tmp_path, lines: list[str], *options: str) -> lis
     source = tmp_path / "in.en"
     source.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     output = tmp_path / "out.fr"
-    assert main(["translate", "--checkpoint", str(tiny_checkpoint), "--input", str(source), "--output", str(output), *options]) == 0
+    assert (
+        main(
+            [
+                "translate",
+                "--checkpoint",
+                str(tiny_checkpoint),
+                "--input",
+                str(source),
+                "--output",
+                str(output),
+                *options,
+            ]
+        )
+        == 0
+    )
     return output.read_text(encoding="utf-8").split("\n")[:-1]
 
 
 def test_nbest_with_scores_gives_n_numbered_lines_per_input_line(tiny_checkpoint, tmp_path):
-    output = translate(tiny_checkpoint, tmp_path, ["I'm hungry.", "", "Go."], "--beam-size", "4", "--nbest", "3", "--scores")
+    output = translate(
+        tiny_checkpoint,
+        tmp_path,
+        ["I'm hungry.", "", "Go."],
+        "--beam-size",
+        "4",
+        "--nbest",
+        "3",
+        "--scores",
+    )
     assert len(output) == 9
     fields = [line.split("\t") for line in output]
     assert [f[0] for f in fields] == ["1"] * 3 + ["2"] * 3 + ["3"] * 3
@@ -43,21 +67,35 @@ def test_scores_are_the_log_probability_of_each_line(tiny_checkpoint, tmp_path):
 
 
 @pytest.mark.parametrize("beam_size", ["1", "5"])
-def test_attention_pictures_are_written_for_every_translated_line(tiny_checkpoint, tmp_path, beam_size):
+def test_attention_pictures_are_written_for_every_translated_line(
+    tiny_checkpoint, tmp_path, beam_size
+):
     folder = tmp_path / "attention"
     long_line = " ".join(["I'm hungry and you are tired."] * 2)  # about 50 pieces
-    translate(tiny_checkpoint, tmp_path, ["Go.", "", long_line], "--beam-size", beam_size, "--attention", str(folder))
+    translate(
+        tiny_checkpoint,
+        tmp_path,
+        ["Go.", "", long_line],
+        "--beam-size",
+        beam_size,
+        "--attention",
+        str(folder),
+    )
     assert sorted(p.name for p in folder.iterdir()) == ["000001.png", "000003.png"]
     for picture in folder.iterdir():
         assert picture.read_bytes().startswith(PNG_SIGNATURE)
 
 
-def test_interactive_prompt_shows_attention_as_text_on_request(tiny_checkpoint, monkeypatch, capsys):
+def test_interactive_prompt_shows_attention_as_text_on_request(
+    tiny_checkpoint, monkeypatch, capsys
+):
     from seq2seq.cli import interactive
     from seq2seq.translate import Translator
 
     typed = iter([":attention", "Go."])
-    monkeypatch.setattr("builtins.input", lambda prompt: next(typed, None) or (_ for _ in ()).throw(EOFError))
+    monkeypatch.setattr(
+        "builtins.input", lambda prompt: next(typed, None) or (_ for _ in ()).throw(EOFError)
+    )
     interactive(Translator.from_checkpoint(tiny_checkpoint))
     lines = capsys.readouterr().out.split("\n")
     assert lines[1] == "attention view on"
@@ -69,20 +107,49 @@ def test_interactive_prompt_shows_attention_as_text_on_request(tiny_checkpoint, 
 def test_scoring_files_equals_the_sacrebleu_api(references):
     hypotheses = (FIXTURES / "hyp.de").read_text(encoding="utf-8").splitlines()
     streams = [(FIXTURES / name).read_text(encoding="utf-8").splitlines() for name in references]
-    scores = {s.name: s for s in score_files(FIXTURES / "hyp.de", [FIXTURES / name for name in references])}
-    expected = {"BLEU": BLEU(), "BLEU lowercased": BLEU(lowercase=True), "chrF": CHRF(), "TER": TER()}
+    scores = {
+        s.name: s
+        for s in score_files(FIXTURES / "hyp.de", [FIXTURES / name for name in references])
+    }
+    expected = {
+        "BLEU": BLEU(),
+        "BLEU lowercased": BLEU(lowercase=True),
+        "chrF": CHRF(),
+        "TER": TER(),
+    }
     for name, metric in expected.items():
-        assert scores[name].score == pytest.approx(metric.corpus_score(hypotheses, streams).score, abs=1e-9)
+        assert scores[name].score == pytest.approx(
+            metric.corpus_score(hypotheses, streams).score, abs=1e-9
+        )
         assert scores[name].signature == str(metric.get_signature())
     assert f"nrefs:{len(references)}" in scores["BLEU"].signature
     bleu = BLEU().corpus_score(hypotheses, streams)
-    ratio = f"ratio = {bleu.sys_len / bleu.ref_len:.3f} hyp_len = {bleu.sys_len} ref_len = {bleu.ref_len}"
-    assert scores["BLEU"].details.startswith(f"{bleu.precisions[0]:.1f}/") and ratio in scores["BLEU"].details
+    ratio = (
+        f"ratio = {bleu.sys_len / bleu.ref_len:.3f} "
+        f"hyp_len = {bleu.sys_len} ref_len = {bleu.ref_len}"
+    )
+    assert (
+        scores["BLEU"].details.startswith(f"{bleu.precisions[0]:.1f}/")
+        and ratio in scores["BLEU"].details
+    )
     assert scores["chrF"].details == ""
 
 
 def test_evaluate_command_scores_files(capsys):
-    assert main(["evaluate", "--hyp", str(FIXTURES / "hyp.de"), "--ref", str(FIXTURES / "ref1.de"), "--ref", str(FIXTURES / "ref2.de")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--hyp",
+                str(FIXTURES / "hyp.de"),
+                "--ref",
+                str(FIXTURES / "ref1.de"),
+                "--ref",
+                str(FIXTURES / "ref2.de"),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert printed.startswith("BLEU = ") and "nrefs:2" in printed
 
@@ -95,16 +162,40 @@ def test_reference_file_of_another_length_is_refused(tmp_path, capsys):
 
 
 def test_evaluate_writes_markdown_and_json_reports_named_by_search(tiny_checkpoint, mirror, capsys):
-    assert main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--mirror", str(mirror), "--beam-size", "3"]) == 0
-    report = json.loads((tiny_checkpoint.parent / "last.beam3.report.json").read_text(encoding="utf-8"))
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(tiny_checkpoint),
+                "--mirror",
+                str(mirror),
+                "--beam-size",
+                "3",
+            ]
+        )
+        == 0
+    )
+    report = json.loads(
+        (tiny_checkpoint.parent / "last.beam3.report.json").read_text(encoding="utf-8")
+    )
     assert report["search"]["beam_size"] == 3 and report["search"]["name"] == "beam3"
     (result,) = report["results"]
-    assert result["split"] == "test" and result["sentences"] == 2000 and result["references_per_sentence"] > 1
+    assert (
+        result["split"] == "test"
+        and result["sentences"] == 2000
+        and result["references_per_sentence"] > 1
+    )
     assert [s["name"] for s in result["scores"]] == ["BLEU", "BLEU lowercased", "chrF", "TER"]
-    hypotheses = (tiny_checkpoint.parent / "last.beam3.test.fr").read_text(encoding="utf-8").split("\n")[:-1]
+    hypotheses = (
+        (tiny_checkpoint.parent / "last.beam3.test.fr").read_text(encoding="utf-8").split("\n")[:-1]
+    )
     assert len(hypotheses) == 2000
     markdown = (tiny_checkpoint.parent / "last.beam3.report.md").read_text(encoding="utf-8")
-    assert f"| test | 2000 | {result['references_per_sentence']} | {result['scores'][0]['score']:.2f} |" in markdown
+    assert (
+        f"| test | 2000 | {result['references_per_sentence']} | "
+        f"{result['scores'][0]['score']:.2f} |" in markdown
+    )
 
 
 def test_averaging_two_identical_checkpoints_gives_the_same_weights(tiny_checkpoint, tmp_path):
@@ -117,9 +208,23 @@ def test_averaging_two_identical_checkpoints_gives_the_same_weights(tiny_checkpo
 
 def test_averaging_takes_the_mean_of_the_weights(tiny_checkpoint, tmp_path):
     checkpoint = load_checkpoint(tiny_checkpoint)
-    shifted = {**checkpoint, "state_dict": {name: t + 1.0 for name, t in checkpoint["state_dict"].items()}}
+    shifted = {
+        **checkpoint,
+        "state_dict": {name: t + 1.0 for name, t in checkpoint["state_dict"].items()},
+    }
     torch.save(shifted, tmp_path / "shifted.ckpt")
-    assert main(["average", "--output", str(tmp_path / "mean.ckpt"), str(tiny_checkpoint), str(tmp_path / "shifted.ckpt")]) == 0
+    assert (
+        main(
+            [
+                "average",
+                "--output",
+                str(tmp_path / "mean.ckpt"),
+                str(tiny_checkpoint),
+                str(tmp_path / "shifted.ckpt"),
+            ]
+        )
+        == 0
+    )
     mean = load_checkpoint(tmp_path / "mean.ckpt")["state_dict"]
     for name, tensor in checkpoint["state_dict"].items():
         assert torch.allclose(mean[name], tensor + 0.5, atol=1e-6)
@@ -127,7 +232,13 @@ def test_averaging_takes_the_mean_of_the_weights(tiny_checkpoint, tmp_path):
 
 def test_checkpoints_of_different_networks_are_not_averaged(tiny_checkpoint, tmp_path):
     checkpoint = load_checkpoint(tiny_checkpoint)
-    other = {**checkpoint, "seq2seq": {**checkpoint["seq2seq"], "network": {**checkpoint["seq2seq"]["network"], "attention": "dot"}}}
+    other = {
+        **checkpoint,
+        "seq2seq": {
+            **checkpoint["seq2seq"],
+            "network": {**checkpoint["seq2seq"]["network"], "attention": "dot"},
+        },
+    }
     torch.save(other, tmp_path / "other.ckpt")
     with pytest.raises(Seq2SeqError, match="another network"):
         average_checkpoints([tiny_checkpoint, tmp_path / "other.ckpt"], tmp_path / "mean.ckpt")
@@ -153,7 +264,9 @@ def test_plot_of_a_folder_without_logs_names_the_problem(tmp_path, capsys):
     assert "has no logs/version_*/metrics.csv" in capsys.readouterr().err
 
 
-def test_a_100000_character_line_is_cut_with_a_warning_and_keeps_the_line_count(tiny_checkpoint, tmp_path):
+def test_a_100000_character_line_is_cut_with_a_warning_and_keeps_the_line_count(
+    tiny_checkpoint, tmp_path
+):
     import warnings
 
     from seq2seq.translate import Translator
@@ -164,7 +277,11 @@ def test_a_100000_character_line_is_cut_with_a_warning_and_keeps_the_line_count(
         warnings.simplefilter("always")
         translations = translator.translate_detailed(["Go.", huge, ""])
     assert [bool(t.text) for t in translations] == [True, True, False]
-    assert len(translations[1].source_ids) == translator.net.config.max_source_length  # 127 pieces + eos
-    assert [str(w.message) for w in caught] == ["input line 2 is longer than 127 tokens: only its beginning is translated"]
+    assert (
+        len(translations[1].source_ids) == translator.net.config.max_source_length
+    )  # 127 pieces + eos
+    assert [str(w.message) for w in caught] == [
+        "input line 2 is longer than 127 tokens: only its beginning is translated"
+    ]
     output = translate(tiny_checkpoint, tmp_path, ["Go.", huge, "", "Go."])
     assert len(output) == 4 and output[0] == output[3]

@@ -11,7 +11,9 @@ VOCAB = 50
 
 def network(**overrides) -> Seq2Seq:
     torch.manual_seed(0)
-    config = ModelConfig(embedding_size=16, encoder_hidden_size=12, decoder_hidden_size=20, dropout=0.0, **overrides)
+    config = ModelConfig(
+        embedding_size=16, encoder_hidden_size=12, decoder_hidden_size=20, dropout=0.0, **overrides
+    )
     return Seq2Seq(VOCAB, VOCAB + 7, config).eval()
 
 
@@ -27,7 +29,9 @@ SENTENCES = [[5, 6, 7, 8, 9, EOS_ID], [10, 11, EOS_ID], [12, 13, 14, 15, 16, 17,
 
 
 @pytest.mark.parametrize("rule", ["additive", "dot", "concat"])
-@pytest.mark.parametrize("overrides", [{}, {"tie_embeddings": True, "encoder_layers": 2, "decoder_layers": 2}])
+@pytest.mark.parametrize(
+    "overrides", [{}, {"tie_embeddings": True, "encoder_layers": 2, "decoder_layers": 2}]
+)
 def test_forward_backward_shapes(rule, overrides):
     net = network(attention=rule, **overrides).train()
     source, lengths = padded(SENTENCES)
@@ -90,13 +94,17 @@ def test_greedy_attention_covers_the_real_source_only():
     net = network()
     for sentence, hypothesis in zip(SENTENCES, greedy_search(net, *padded(SENTENCES))):
         assert hypothesis.attention.shape[1] == len(sentence)
-        torch.testing.assert_close(hypothesis.attention.sum(-1), torch.ones(hypothesis.attention.shape[0]))
+        torch.testing.assert_close(
+            hypothesis.attention.sum(-1), torch.ones(hypothesis.attention.shape[0])
+        )
 
 
 def test_greedy_output_is_capped_by_source_length():
     net = network()
     source, lengths = padded(SENTENCES)
-    for hypothesis, length in zip(greedy_search(net, source, lengths, max_length_ratio=1.0, min_length=2), lengths):
+    for hypothesis, length in zip(
+        greedy_search(net, source, lengths, max_length_ratio=1.0, min_length=2), lengths
+    ):
         assert len(hypothesis.tokens) <= int(length)
 
 
@@ -116,10 +124,14 @@ def test_beams_share_encoder_states_and_decode_like_copied_sentences(rule):
     source, lengths = padded(SENTENCES)
     state = net.encode(source, lengths)
     previous = torch.randint(4, VOCAB, (3 * 2,))  # two different beams per sentence
-    beams = state.select_beams(torch.arange(3).repeat_interleave(2))  # one row grows into two per sentence
+    beams = state.select_beams(
+        torch.arange(3).repeat_interleave(2)
+    )  # one row grows into two per sentence
     assert beams.memory is state.memory and beams.hidden.size(1) == 6 and beams.beams == 2
     logits, weights, after = net.decode_step(beams, previous)
-    copies = state.select_sentences(torch.arange(3).repeat_interleave(2))  # every beam its own memory copy
+    copies = state.select_sentences(
+        torch.arange(3).repeat_interleave(2)
+    )  # every beam its own memory copy
     expected_logits, expected_weights, _ = net.decode_step(copies, previous)
     torch.testing.assert_close(logits, expected_logits)
     torch.testing.assert_close(weights, expected_weights)

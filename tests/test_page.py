@@ -15,16 +15,21 @@ import pytest
 from tests.browser import CHROMIUM_ARGS, chromium_path
 
 sync_api = pytest.importorskip(
-    "playwright.sync_api", reason="the Python package playwright is not installed: pip install -e '.[dev]'"
+    "playwright.sync_api",
+    reason="the Python package playwright is not installed: pip install -e '.[dev]'",
 )
 expect = sync_api.expect
+
 
 @pytest.fixture(scope="module")
 def browser():
     """Debian's Chromium (never a browser Playwright downloads: the machines cannot fetch one)."""
     executable = chromium_path()
     if executable is None:
-        pytest.skip("Chromium is not installed (no chromium or chromium-browser on PATH): apt-get install chromium")
+        pytest.skip(
+            "Chromium is not installed (no chromium or chromium-browser on PATH): apt-get install "
+            "chromium"
+        )
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         yield browser
@@ -33,7 +38,8 @@ def browser():
 
 @pytest.fixture
 def page(browser):
-    """A fresh context per test, with its own localStorage: a key typed in one test is not in the next."""
+    """A fresh context per test, with its own localStorage: a key typed in one test is not in the
+    next."""
     context = browser.new_context()
     page = context.new_page()
     page.set_default_timeout(60_000)
@@ -42,11 +48,14 @@ def page(browser):
 
 
 def api_translate(server, body: dict, key: str | None = None) -> tuple[int, dict]:
-    """(status, JSON body) of POST /v1/translate sent by the test itself: what the page must show."""
+    """(status, JSON body) of POST /v1/translate sent by the test itself: what the page must
+    show."""
     headers = {"Content-Type": "application/json"}
     if key:
         headers["Authorization"] = f"Bearer {key}"
-    request = urllib.request.Request(f"{server.url}/v1/translate", json.dumps(body).encode(), headers)
+    request = urllib.request.Request(
+        f"{server.url}/v1/translate", json.dumps(body).encode(), headers
+    )
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, json.load(response)
@@ -94,7 +103,9 @@ def test_page_shows_the_api_translation(page, tiny_server, training_examples):
     expect(page.locator("#error")).to_be_hidden()
 
 
-def test_heatmap_has_a_cell_per_token_pair_and_hovering_highlights_tokens(page, tiny_server, training_examples):
+def test_heatmap_has_a_cell_per_token_pair_and_hovering_highlights_tokens(
+    page, tiny_server, training_examples
+):
     page.goto(f"{tiny_server.url}/")
     sent = translate_on_page(page, training_examples[1].source).post_data_json
     best = api_translate(tiny_server, sent)[1]["translations"][0]
@@ -118,7 +129,9 @@ def test_heatmap_has_a_cell_per_token_pair_and_hovering_highlights_tokens(page, 
     expect(heatmap.locator("td.cell.highlight")).to_have_count(rows)
     expect(heatmap.locator(f'td.cell.highlight[data-col="{cols - 1}"]')).to_have_count(rows)
     expect(heatmap.locator("th[data-row].highlight")).to_have_count(1)
-    expect(heatmap.locator(f'th[data-row="{column.index(max(column))}"]')).to_contain_class("highlight")
+    expect(heatmap.locator(f'th[data-row="{column.index(max(column))}"]')).to_contain_class(
+        "highlight"
+    )
 
     # A target token: its whole row and the source token it attends to most.
     row = best["attention"][rows - 1]
@@ -129,7 +142,9 @@ def test_heatmap_has_a_cell_per_token_pair_and_hovering_highlights_tokens(page, 
     expect(heatmap.locator(f'th[data-col="{row.index(max(row))}"]')).to_contain_class("highlight")
 
 
-def test_nbest_lists_the_hypotheses_and_clicking_one_shows_its_attention(page, tiny_server, training_examples):
+def test_nbest_lists_the_hypotheses_and_clicking_one_shows_its_attention(
+    page, tiny_server, training_examples
+):
     page.goto(f"{tiny_server.url}/")
     sent = translate_on_page(page, training_examples[2].source).post_data_json
     translation = api_translate(tiny_server, sent)[1]["translations"][0]
@@ -143,19 +158,30 @@ def test_nbest_lists_the_hypotheses_and_clicking_one_shows_its_attention(page, t
     expect(items.nth(0)).to_contain_class("selected")
 
     second = hypotheses[1]
-    assert second["target_tokens"] != hypotheses[0]["target_tokens"]  # else the click would show no change
+    assert (
+        second["target_tokens"] != hypotheses[0]["target_tokens"]
+    )  # else the click would show no change
     items.nth(1).click()
     expect(items.nth(1)).to_contain_class("selected")
     expect(items.nth(0)).not_to_contain_class("selected")
     heatmap = page.locator("#attention table")
     expect(heatmap.locator("th[data-row]")).to_have_count(len(second["target_tokens"]))
     assert heatmap.locator("th[data-row]").all_text_contents() == second["target_tokens"]
-    expect(heatmap.locator("td.cell")).to_have_count(len(translation["source_tokens"]) * len(second["target_tokens"]))
-    shown = [float(title) for title in heatmap.locator('td.cell[data-row="0"]').evaluate_all("cells => cells.map(c => c.title)")]
+    expect(heatmap.locator("td.cell")).to_have_count(
+        len(translation["source_tokens"]) * len(second["target_tokens"])
+    )
+    shown = [
+        float(title)
+        for title in heatmap.locator('td.cell[data-row="0"]').evaluate_all(
+            "cells => cells.map(c => c.title)"
+        )
+    ]
     assert shown == pytest.approx(second["attention"][0], abs=0.0005 + 1e-9)
 
 
-def test_a_server_with_a_key_shows_401_until_the_key_is_typed(page, tiny_server_with_key, training_examples):
+def test_a_server_with_a_key_shows_401_until_the_key_is_typed(
+    page, tiny_server_with_key, training_examples
+):
     server = tiny_server_with_key
     sentence = training_examples[3].source
     page.goto(f"{server.url}/")
@@ -179,7 +205,9 @@ def test_a_server_with_a_key_shows_401_until_the_key_is_typed(page, tiny_server_
     assert page.input_value("#api-key") == server.api_key
 
 
-def test_several_lines_give_one_output_line_each_blank_lines_kept(page, tiny_server, training_examples):
+def test_several_lines_give_one_output_line_each_blank_lines_kept(
+    page, tiny_server, training_examples
+):
     lines = [training_examples[4].source, "", training_examples[5].source]
     page.goto(f"{tiny_server.url}/")
     sent = translate_on_page(page, "\n".join(lines), shortcut=True).post_data_json
@@ -195,7 +223,9 @@ def test_several_lines_give_one_output_line_each_blank_lines_kept(page, tiny_ser
     assert page.input_value("#line-select") == "0"
     assert page.locator('#line-select option[value="1"]').is_disabled()
     page.select_option("#line-select", "2")
-    expect(page.locator("#nbest li .text")).to_have_text([h["text"] for h in translations[2]["n_best"]])
+    expect(page.locator("#nbest li .text")).to_have_text(
+        [h["text"] for h in translations[2]["n_best"]]
+    )
     expect(page.locator("#attention th[data-col]")).to_have_text(translations[2]["source_tokens"])
 
 

@@ -17,7 +17,9 @@ def sentences(data_dir, mirror) -> list[str]:
     """64 sources: memorised training sentences and unseen validation ones, of varied length."""
     from seq2seq.data import TranslationDataModule
 
-    splits = TranslationDataModule(data_dir=str(data_dir), mirror=str(mirror), max_train_examples=300, vocab_size=400).load_splits()
+    splits = TranslationDataModule(
+        data_dir=str(data_dir), mirror=str(mirror), max_train_examples=300, vocab_size=400
+    ).load_splits()
     return [e.source for e in splits["train"][:32]] + [e.source for e in splits["valid"][:32]]
 
 
@@ -25,9 +27,18 @@ def test_beam_of_one_is_greedy_search_on_a_trained_model(tiny_checkpoint, senten
     translator = Translator.from_checkpoint(tiny_checkpoint)
     source_ids = [line.ids for line in translator.encode(sentences)]
     lengths = torch.tensor([len(ids) for ids in source_ids])
-    source = torch.nn.utils.rnn.pad_sequence([torch.tensor(ids) for ids in source_ids], batch_first=True)
+    source = torch.nn.utils.rnn.pad_sequence(
+        [torch.tensor(ids) for ids in source_ids], batch_first=True
+    )
     greedy = greedy_search(translator.net, source, lengths, translator.max_length_ratio)
-    beam = beam_search(translator.net, source, lengths, beam_size=1, alpha=0.0, max_length_ratio=translator.max_length_ratio)
+    beam = beam_search(
+        translator.net,
+        source,
+        lengths,
+        beam_size=1,
+        alpha=0.0,
+        max_length_ratio=translator.max_length_ratio,
+    )
     for g, (b,) in zip(greedy, beam):
         assert g.tokens == b.tokens
         assert g.log_probability == pytest.approx(b.log_probability, abs=1e-4)
@@ -36,36 +47,53 @@ def test_beam_of_one_is_greedy_search_on_a_trained_model(tiny_checkpoint, senten
 
 @pytest.mark.parametrize("beam_size", [1, 5])
 def test_output_does_not_depend_on_batch_size_or_order(tiny_checkpoint, sentences, beam_size):
-    translator = Translator.from_checkpoint(tiny_checkpoint, search=SearchSettings(beam_size=beam_size, nbest=beam_size))
+    translator = Translator.from_checkpoint(
+        tiny_checkpoint, search=SearchSettings(beam_size=beam_size, nbest=beam_size)
+    )
     reference = translator.translate_detailed(sentences, batch_size=64)
     for batch_size in (1, 7):
-        assert [t.texts for t in translator.translate_detailed(sentences, batch_size)] == [t.texts for t in reference]
+        assert [t.texts for t in translator.translate_detailed(sentences, batch_size)] == [
+            t.texts for t in reference
+        ]
     order = list(range(len(sentences)))
     random.Random(0).shuffle(order)
     shuffled = translator.translate_detailed([sentences[i] for i in order], batch_size=7)
     for position, index in enumerate(order):
         assert shuffled[position].texts == reference[index].texts
-        assert [h.score for h in shuffled[position].hypotheses] == pytest.approx([h.score for h in reference[index].hypotheses], abs=1e-4)
+        assert [h.score for h in shuffled[position].hypotheses] == pytest.approx(
+            [h.score for h in reference[index].hypotheses], abs=1e-4
+        )
 
 
 def test_nbest_lists_are_sorted_and_of_the_requested_size(tiny_checkpoint, sentences):
-    translator = Translator.from_checkpoint(tiny_checkpoint, search=SearchSettings(beam_size=5, nbest=4))
+    translator = Translator.from_checkpoint(
+        tiny_checkpoint, search=SearchSettings(beam_size=5, nbest=4)
+    )
     for translation in translator.translate_detailed(sentences):
         scores = [h.score for h in translation.hypotheses]
         assert len(scores) == 4
         assert scores == sorted(scores, reverse=True)
-        assert len(set(map(tuple, (h.tokens for h in translation.hypotheses)))) == 4  # distinct hypotheses
+        assert (
+            len(set(map(tuple, (h.tokens for h in translation.hypotheses)))) == 4
+        )  # distinct hypotheses
 
 
 def test_max_length_ratio_caps_the_output(tiny_checkpoint, sentences):
-    translator = Translator.from_checkpoint(tiny_checkpoint, search=SearchSettings(max_length_ratio=0.01))
+    translator = Translator.from_checkpoint(
+        tiny_checkpoint, search=SearchSettings(max_length_ratio=0.01)
+    )
     for translation in translator.translate_detailed(sentences):
         assert len(translation.hypotheses[0].tokens) <= 10  # the cap never goes below 10 tokens
 
 
 @pytest.mark.parametrize(
     ("settings", "message"),
-    [({"beam_size": 0}, "beam size must be at least 1"), ({"beam_size": 2, "nbest": 3}, "--beam-size 3"), ({"max_length_ratio": -1}, "positive"), ({"beta": -0.1}, "--beta 0 or more")],
+    [
+        ({"beam_size": 0}, "beam size must be at least 1"),
+        ({"beam_size": 2, "nbest": 3}, "--beam-size 3"),
+        ({"max_length_ratio": -1}, "positive"),
+        ({"beta": -0.1}, "--beta 0 or more"),
+    ],
 )
 def test_bad_search_settings_are_named(settings, message):
     with pytest.raises(Seq2SeqError, match=message):
@@ -73,10 +101,14 @@ def test_bad_search_settings_are_named(settings, message):
 
 
 @pytest.mark.parametrize("precision", ["int8", "bf16"])
-def test_reduced_precision_translates_the_memorised_pairs_alike(tiny_checkpoint, sentences, precision):
+def test_reduced_precision_translates_the_memorised_pairs_alike(
+    tiny_checkpoint, sentences, precision
+):
     memorised = sentences[:32]
     full = Translator.from_checkpoint(tiny_checkpoint, "cpu").translate(memorised)
-    reduced = Translator.from_checkpoint(tiny_checkpoint, "cpu", precision=precision).translate(memorised)
+    reduced = Translator.from_checkpoint(tiny_checkpoint, "cpu", precision=precision).translate(
+        memorised
+    )
     assert sum(a == b for a, b in zip(full, reduced)) >= 28
 
 
@@ -85,8 +117,12 @@ def test_unknown_precision_is_named(tiny_checkpoint):
         Translator.from_checkpoint(tiny_checkpoint, "cpu", precision="fp8")
 
 
-def test_workers_search_whole_batches_on_their_share_of_the_threads(tiny_checkpoint, sentences, monkeypatch):
-    alone = Translator.from_checkpoint(tiny_checkpoint, "cpu", workers=1).translate(sentences, batch_size=8)
+def test_workers_search_whole_batches_on_their_share_of_the_threads(
+    tiny_checkpoint, sentences, monkeypatch
+):
+    alone = Translator.from_checkpoint(tiny_checkpoint, "cpu", workers=1).translate(
+        sentences, batch_size=8
+    )
     translator = Translator.from_checkpoint(tiny_checkpoint, "cpu", workers=2)
     calls = []
     search = translator._search
@@ -105,7 +141,9 @@ def test_workers_search_whole_batches_on_their_share_of_the_threads(tiny_checkpo
 
 
 def test_beam_wider_than_half_the_vocabulary_is_named(tiny_checkpoint):
-    with pytest.raises(Seq2SeqError, match="more than the model's 400 target tokens: use --beam-size 200 or less"):
+    with pytest.raises(
+        Seq2SeqError, match="more than the model's 400 target tokens: use --beam-size 200 or less"
+    ):
         Translator.from_checkpoint(tiny_checkpoint, "cpu", SearchSettings(beam_size=201))
 
 
@@ -114,7 +152,9 @@ def test_workers_must_be_positive(tiny_checkpoint):
         Translator.from_checkpoint(tiny_checkpoint, "cpu", workers=0)
 
 
-@pytest.mark.parametrize(("rows", "length", "count"), [(3, 40000, 10), (4, 8001, 1), (2, 97, 3), (5, 1000, 10)])
+@pytest.mark.parametrize(
+    ("rows", "length", "count"), [(3, 40000, 10), (4, 8001, 1), (2, 97, 3), (5, 1000, 10)]
+)
 def test_top_k_by_chunks_finds_what_topk_finds(rows, length, count):
     torch.manual_seed(0)
     values = torch.randint(-50, 50, (rows, length)).float()  # many ties
@@ -128,9 +168,13 @@ def test_top_k_by_chunks_finds_what_topk_finds(rows, length, count):
 def test_coverage_penalty_counts_only_source_tokens_left_unread():
     coverage = torch.tensor([[1.0, 2.5, 1.0], [0.5, 1.0, 1.0], [0.0, 1.0, 1.0]])
     penalty = coverage_penalty(coverage, beta=0.2)
-    assert penalty[0] == 0  # every token read: no penalty, however much attention beyond a full share
+    assert (
+        penalty[0] == 0
+    )  # every token read: no penalty, however much attention beyond a full share
     assert penalty[1] == pytest.approx(0.2 * torch.tensor(0.5).log())
-    assert penalty[2] < penalty[1] and torch.isfinite(penalty[2])  # unread costs most, but stays comparable
+    assert penalty[2] < penalty[1] and torch.isfinite(
+        penalty[2]
+    )  # unread costs most, but stays comparable
     assert torch.equal(coverage_penalty(coverage, beta=0.0), torch.zeros(3))
 
 
@@ -156,7 +200,9 @@ class ScriptedDecoder(torch.nn.Module):
 
     def decode_step(self, state, previous):
         first = previous == BOS_ID
-        probabilities = torch.where(first, 0.1 / 10, 0.1 / 11).unsqueeze(1).repeat(1, self.VOCAB)  # rows sum to 1
+        probabilities = (
+            torch.where(first, 0.1 / 10, 0.1 / 11).unsqueeze(1).repeat(1, self.VOCAB)
+        )  # rows sum to 1
         weights = torch.zeros(previous.numel(), 2)
         probabilities[first, self.A], probabilities[first, self.B] = 0.5, 0.4
         probabilities[~first, EOS_ID] = 0.9
@@ -171,4 +217,6 @@ def test_coverage_penalty_prefers_the_hypothesis_that_read_the_whole_source():
     covering = beam_search(ScriptedDecoder(), source, lengths, beam_size=2, alpha=0.6, beta=0.3)
     assert likeliest[0][0].tokens == [ScriptedDecoder.A]
     assert covering[0][0].tokens == [ScriptedDecoder.B]
-    assert covering[0][0].log_probability == pytest.approx(float(torch.tensor(0.4 * 0.9).log()), abs=1e-5)
+    assert covering[0][0].log_probability == pytest.approx(
+        float(torch.tensor(0.4 * 0.9).log()), abs=1e-5
+    )

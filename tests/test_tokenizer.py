@@ -19,6 +19,7 @@ def test_round_trip_on_unseen_real_sentences(french):
     decoded = tokenizer.decode(tokenizer.encode(sentences))
     # SentencePiece applies NFKC (e.g. narrow no-break space → space); all else is exact.
     import unicodedata
+
     assert decoded == [" ".join(unicodedata.normalize("NFKC", s).split()) for s in sentences]
 
 
@@ -32,11 +33,21 @@ def test_nothing_maps_to_unknown(french):
 def test_special_ids_are_fixed_and_survive_serialisation(french):
     tokenizer, _ = french
     copy = Tokenizer(tokenizer.model_proto)
-    assert (copy.processor.pad_id(), copy.processor.unk_id(), copy.processor.bos_id(), copy.processor.eos_id()) == (
-        PAD_ID, UNK_ID, BOS_ID, EOS_ID,
+    assert (
+        copy.processor.pad_id(),
+        copy.processor.unk_id(),
+        copy.processor.bos_id(),
+        copy.processor.eos_id(),
+    ) == (
+        PAD_ID,
+        UNK_ID,
+        BOS_ID,
+        EOS_ID,
     )
     assert copy.encode(["Bonjour !"]) == tokenizer.encode(["Bonjour !"])
-    assert tokenizer.decode([[BOS_ID, *tokenizer.encode(["Bonjour"])[0], EOS_ID, PAD_ID]]) == ["Bonjour"]
+    assert tokenizer.decode([[BOS_ID, *tokenizer.encode(["Bonjour"])[0], EOS_ID, PAD_ID]]) == [
+        "Bonjour"
+    ]
 
 
 def test_bpe_option_and_size(french):

@@ -10,15 +10,23 @@ from seq2seq.train_cli import train
 from tests.conftest import TINY_CONFIG
 
 
-def short_run(folder: Path, data_dir: Path, mirror: Path, epochs: int, *extra: str) -> dict[str, torch.Tensor]:
+def short_run(
+    folder: Path, data_dir: Path, mirror: Path, epochs: int, *extra: str
+) -> dict[str, torch.Tensor]:
     cli = train(
         [
-            "--config", str(TINY_CONFIG),
-            "--checkpoint_dir", str(folder),
-            "--data.data_dir", str(data_dir),
-            "--data.mirror", str(mirror),
-            "--trainer.max_epochs", str(epochs),
-            "--trainer.enable_progress_bar", "false",
+            "--config",
+            str(TINY_CONFIG),
+            "--checkpoint_dir",
+            str(folder),
+            "--data.data_dir",
+            str(data_dir),
+            "--data.mirror",
+            str(mirror),
+            "--trainer.max_epochs",
+            str(epochs),
+            "--trainer.enable_progress_bar",
+            "false",
             *extra,
         ]
     )
@@ -44,7 +52,9 @@ def test_another_seed_gives_other_weights(tmp_path, data_dir, mirror):
     assert not torch.equal(first["encoder.embedding.weight"], second["encoder.embedding.weight"])
 
 
-def test_rerunning_resumes_from_last_checkpoint_and_matches_an_uninterrupted_run(tmp_path, data_dir, mirror, capsys):
+def test_rerunning_resumes_from_last_checkpoint_and_matches_an_uninterrupted_run(
+    tmp_path, data_dir, mirror, capsys
+):
     uninterrupted = short_run(tmp_path / "straight", data_dir, mirror, 4)
     short_run(tmp_path / "resumed", data_dir, mirror, 2)
     assert (tmp_path / "resumed" / "tiny" / "last.ckpt").is_file()
@@ -64,48 +74,85 @@ def test_resume_from_an_explicit_checkpoint(tmp_path, data_dir, mirror):
 def test_fused_adam_trains_in_bf16_mixed_and_its_gradients_are_clipped(tmp_path, data_dir, mirror):
     cli = train(
         [
-            "--config", str(TINY_CONFIG),
-            "--checkpoint_dir", str(tmp_path),
-            "--data.data_dir", str(data_dir),
-            "--data.mirror", str(mirror),
-            "--trainer.max_epochs", "1",
-            "--trainer.enable_progress_bar", "false",
-            "--trainer.precision", "bf16-mixed",
-            "--trainer.gradient_clip_val", "0.5",
+            "--config",
+            str(TINY_CONFIG),
+            "--checkpoint_dir",
+            str(tmp_path),
+            "--data.data_dir",
+            str(data_dir),
+            "--data.mirror",
+            str(mirror),
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.precision",
+            "bf16-mixed",
+            "--trainer.gradient_clip_val",
+            "0.5",
         ]
     )
     (optimizer,) = cli.trainer.optimizers
-    assert optimizer.defaults["fused"]  # Lightning's mixed-precision plugin alone would refuse to clip it
+    assert optimizer.defaults[
+        "fused"
+    ]  # Lightning's mixed-precision plugin alone would refuse to clip it
     parameters = list(cli.model.net.parameters())
     for parameter in parameters:
         parameter.grad = torch.full_like(parameter, 10.0)
     cli.model.configure_gradient_clipping(optimizer, 0.5, "norm")
-    assert float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in parameters]))) == pytest.approx(0.5, rel=1e-3)
+    assert float(
+        torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in parameters]))
+    ) == pytest.approx(0.5, rel=1e-3)
 
 
 def logged_learning_rates(folder: Path) -> dict[int, float]:
     """step → learning rate, from the run's metrics.csv."""
     (metrics,) = folder.rglob("metrics.csv")
-    return {int(row["step"]): float(row["lr"]) for row in csv.DictReader(metrics.open()) if row.get("lr")}
+    return {
+        int(row["step"]): float(row["lr"])
+        for row in csv.DictReader(metrics.open())
+        if row.get("lr")
+    }
 
 
-def test_budget_schedule_warms_up_then_falls_linearly_to_zero_at_the_last_step(tmp_path, data_dir, mirror):
+def test_budget_schedule_warms_up_then_falls_linearly_to_zero_at_the_last_step(
+    tmp_path, data_dir, mirror
+):
     short_run(
-        tmp_path, data_dir, mirror, 6,
-        "--model.lr_schedule", "budget", "--model.warmup_steps", "5", "--trainer.log_every_n_steps", "1",
+        tmp_path,
+        data_dir,
+        mirror,
+        6,
+        "--model.lr_schedule",
+        "budget",
+        "--model.warmup_steps",
+        "5",
+        "--trainer.log_every_n_steps",
+        "1",
     )
     rates = logged_learning_rates(tmp_path)
     last = max(rates)
     peak = 0.005  # configs/tiny.yaml
     for step, rate in rates.items():
-        assert rate == pytest.approx(peak * min(1.0, (step + 1) / 5) * (1 - step / (last + 1)), rel=1e-5), step
+        assert rate == pytest.approx(
+            peak * min(1.0, (step + 1) / 5) * (1 - step / (last + 1)), rel=1e-5
+        ), step
 
 
 def test_budget_schedule_spends_a_time_budget(tmp_path, data_dir, mirror):
     short_run(
-        tmp_path, data_dir, mirror, 1000,  # far more epochs than 4 seconds allow: the time budget rules
-        "--model.lr_schedule", "budget", "--model.warmup_steps", "1", "--trainer.log_every_n_steps", "1",
-        "--trainer.max_time", "00:00:00:04",
+        tmp_path,
+        data_dir,
+        mirror,
+        1000,  # far more epochs than 4 seconds allow: the time budget rules
+        "--model.lr_schedule",
+        "budget",
+        "--model.warmup_steps",
+        "1",
+        "--trainer.log_every_n_steps",
+        "1",
+        "--trainer.max_time",
+        "00:00:00:04",
     )
     rates = list(logged_learning_rates(tmp_path).values())
     assert len(rates) > 10
@@ -115,8 +162,20 @@ def test_budget_schedule_spends_a_time_budget(tmp_path, data_dir, mirror):
 
 def test_a_step_budget_that_ends_mid_epoch_validates_its_last_step(tmp_path, data_dir, mirror):
     # the tiny config's epoch is 7 batches: 10 steps end in the middle of the second epoch
-    short_run(tmp_path, data_dir, mirror, 5, "--trainer.max_steps", "10", "--trainer.check_val_every_n_epoch", "1")
+    short_run(
+        tmp_path,
+        data_dir,
+        mirror,
+        5,
+        "--trainer.max_steps",
+        "10",
+        "--trainer.check_val_every_n_epoch",
+        "1",
+    )
     (metrics,) = tmp_path.rglob("metrics.csv")
     validated = [int(row["step"]) for row in csv.DictReader(metrics.open()) if row.get("val_bleu")]
-    assert validated == [6, 9]  # the end of epoch 0 (7 batches), then the stop (steps count from 0 here)
+    assert validated == [
+        6,
+        9,
+    ]  # the end of epoch 0 (7 batches), then the stop (steps count from 0 here)
     assert (tmp_path / "tiny" / "best.ckpt").is_file()

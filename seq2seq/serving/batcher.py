@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from seq2seq.serving.limits import ServeLimits
 from seq2seq.translate import EncodedLine, SearchSettings, Translation, Translator
 
-
 # Tokenizing a sentence or two takes less time than handing it to a thread; more goes to one,
 # so the event loop is never held for long.
 INLINE_ENCODE_CHARACTERS = 1000
@@ -68,7 +67,12 @@ class MicroBatcher:
     `on_batch` is called from the worker with the number of lines of each batch (metrics).
     """
 
-    def __init__(self, translator: Translator, limits: ServeLimits, on_batch: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        translator: Translator,
+        limits: ServeLimits,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
         self.translator = translator
         self.limits = limits
         self.on_batch = on_batch
@@ -94,7 +98,9 @@ class MicroBatcher:
         if sum(map(len, lines)) <= INLINE_ENCODE_CHARACTERS:
             encoded = self.translator.encode(lines, False)
         else:
-            encoded = await asyncio.to_thread(self.translator.encode, lines, False)  # off the event loop
+            encoded = await asyncio.to_thread(
+                self.translator.encode, lines, False
+            )  # off the event loop
         loop = asyncio.get_running_loop()
         job = Job(encoded, search, loop.create_future(), loop, deadline)
         with self._condition:
@@ -143,7 +149,10 @@ class MicroBatcher:
             give_up = time.monotonic() + self.limits.batch_wait_ms / 1000
             while self.limits.batching and tokens < self.limits.batch_tokens:
                 for job in list(self._pending):
-                    if job.search == batch[0].search and tokens + job.tokens <= self.limits.batch_tokens:
+                    if (
+                        job.search == batch[0].search
+                        and tokens + job.tokens <= self.limits.batch_tokens
+                    ):
                         self._pending.remove(job)
                         batch.append(job)
                         tokens += job.tokens

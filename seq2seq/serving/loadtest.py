@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
 import statistics
 import subprocess
@@ -80,7 +79,17 @@ def server_process(checkpoint: str, *options: str) -> Iterator[str]:
     """A `seq2seq serve` subprocess on a free loopback port; yields its URL once /health answers."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "seq2seq", "serve", "--checkpoint", checkpoint, "--port", str(port), *options]
+    command = [
+        sys.executable,
+        "-m",
+        "seq2seq",
+        "serve",
+        "--checkpoint",
+        checkpoint,
+        "--port",
+        str(port),
+        *options,
+    ]
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         try:
@@ -88,7 +97,10 @@ def server_process(checkpoint: str, *options: str) -> Iterator[str]:
             while not healthy(url):
                 if process.poll() is not None or time.monotonic() > deadline:
                     log.seek(0)
-                    raise Seq2SeqError(f"seq2seq serve did not start: {log.read().decode(errors='replace')[-2000:]}")
+                    raise Seq2SeqError(
+                        "seq2seq serve did not start: "
+                        f"{log.read().decode(errors='replace')[-2000:]}"
+                    )
                 time.sleep(0.2)
             yield url
         finally:
@@ -104,7 +116,9 @@ def healthy(url: str) -> bool:
         return False
 
 
-async def drive(url: str, sentences: Sequence[str], clients: int, time_limit: float) -> tuple[list[float], dict[int, int], float]:
+async def drive(
+    url: str, sentences: Sequence[str], clients: int, time_limit: float
+) -> tuple[list[float], dict[int, int], float]:
     """`clients` concurrent clients send the sentences one per request until all are sent or
     `time_limit` seconds pass. Returns the latencies of answered requests (ms), the count of
     each status (0: no answer), and the seconds taken.
@@ -116,7 +130,9 @@ async def drive(url: str, sentences: Sequence[str], clients: int, time_limit: fl
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     connector = aiohttp.TCPConnector(limit=clients)
-    async with aiohttp.ClientSession(url, connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
+    async with aiohttp.ClientSession(
+        url, connector=connector, timeout=aiohttp.ClientTimeout(total=60)
+    ) as session:
         start = time.perf_counter()
         stop_at = start + time_limit
 
@@ -142,13 +158,24 @@ async def drive(url: str, sentences: Sequence[str], clients: int, time_limit: fl
 def percentile(values: list[float], share: float) -> float:
     if not values:
         return float("nan")
-    return statistics.quantiles(values, n=100, method="inclusive")[round(share * 100) - 1] if len(values) > 1 else values[0]
+    return (
+        statistics.quantiles(values, n=100, method="inclusive")[round(share * 100) - 1]
+        if len(values) > 1
+        else values[0]
+    )
 
 
 def measure_load(
-    url: str, precision: str, batching: bool, sentences: Sequence[str], clients: int, time_limit: float
+    url: str,
+    precision: str,
+    batching: bool,
+    sentences: Sequence[str],
+    clients: int,
+    time_limit: float,
 ) -> LoadFigures:
-    asyncio.run(drive(url, sentences[: 4 * clients], clients, time_limit))  # warm-up: connections, allocator
+    asyncio.run(
+        drive(url, sentences[: 4 * clients], clients, time_limit)
+    )  # warm-up: connections, allocator
     latencies, statuses, seconds = asyncio.run(drive(url, sentences, clients, time_limit))
     answered = statuses.get(200, 0)
     return LoadFigures(
@@ -174,8 +201,20 @@ def offline_whole_process(checkpoint: str, precision: str, sentences: Sequence[s
         source, output = Path(folder) / "source.txt", Path(folder) / "output.txt"
         write_lines(source, sentences)
         start = time.perf_counter()
-        command = [sys.executable, "-m", "seq2seq", "translate", "--checkpoint", checkpoint, "--precision", precision,
-                   "--input", str(source), "--output", str(output)]
+        command = [
+            sys.executable,
+            "-m",
+            "seq2seq",
+            "translate",
+            "--checkpoint",
+            checkpoint,
+            "--precision",
+            precision,
+            "--input",
+            str(source),
+            "--output",
+            str(output),
+        ]
         subprocess.run(command, check=True, capture_output=True)
         return len(sentences) / (time.perf_counter() - start)
 
@@ -196,11 +235,15 @@ def run_serve_bench(
     mirror: str | None = None,
     precisions: Sequence[str] = ("fp32",),
 ) -> ServeBenchResults:
-    """Measure everything (see the module docstring) for each precision, printing each figure as it comes."""
+    """Measure everything (see the module docstring) for each precision, printing each figure as it
+    comes."""
     from seq2seq.bench import machine  # the training layer's bench: imported only for this report
 
     if not Path(checkpoint).is_file():
-        raise Seq2SeqError(f"no checkpoint {checkpoint}: train one (make train CONFIG=configs/bench-multi30k-en-de.yaml)")
+        raise Seq2SeqError(
+            f"no checkpoint {checkpoint}: train one (make train "
+            "CONFIG=configs/bench-multi30k-en-de.yaml)"
+        )
     translator = Translator.from_checkpoint(checkpoint, "cpu")
     split = next(iter(load_split(translator, None, mirror).values()))
     lines = [example.source for example in split[:sentences]]
@@ -209,24 +252,37 @@ def run_serve_bench(
         with ExitStack() as stack:
             urls = {
                 batching: stack.enter_context(
-                    server_process(checkpoint, "--precision", precision, *([] if batching else ["--no-batching"]))
+                    server_process(
+                        checkpoint,
+                        "--precision",
+                        precision,
+                        *([] if batching else ["--no-batching"]),
+                    )
                 )
                 for batching in (True, False)
             }
             for count in clients:
                 for batching in (True, False):  # alternated, so the machine's drift hits both sides
-                    figures = measure_load(urls[batching], precision, batching, lines, count, time_limit)
+                    figures = measure_load(
+                        urls[batching], precision, batching, lines, count, time_limit
+                    )
                     results.load.append(figures)
                     print(
-                        f"serve {precision}, batching {'on' if batching else 'off'}, {count} clients: "
-                        f"{figures.sentences_per_second:,.0f} sentences/s, p50 {figures.p50_ms:.0f} ms, "
-                        f"p95 {figures.p95_ms:.0f} ms, p99 {figures.p99_ms:.0f} ms ({figures.answered}/{figures.requests} answered)"
+                        f"serve {precision}, batching {'on' if batching else 'off'}, {count} "
+                        f"clients: {figures.sentences_per_second:,.0f} sentences/s, p50 "
+                        f"{figures.p50_ms:.0f} ms, p95 {figures.p95_ms:.0f} ms, p99 "
+                        f"{figures.p99_ms:.0f} ms ({figures.answered}/{figures.requests} answered)"
                     )
         offline = OfflineFigures(
-            precision, offline_in_process(checkpoint, precision, lines), offline_whole_process(checkpoint, precision, lines)
+            precision,
+            offline_in_process(checkpoint, precision, lines),
+            offline_whole_process(checkpoint, precision, lines),
         )
         results.offline.append(offline)
-        print(f"offline {precision}: {offline.in_process:,.0f} sentences/s in process, {offline.whole_process:,.0f} as a whole process")
+        print(
+            f"offline {precision}: {offline.in_process:,.0f} sentences/s in process, "
+            f"{offline.whole_process:,.0f} as a whole process"
+        )
     return results
 
 
@@ -235,31 +291,47 @@ def markdown(results: ServeBenchResults, command: str) -> str:
     lines = [
         f"## `{command}`",
         "",
-        f"{m['date']}; {m['cpu']} ({m['cpu_vector_unit']}, {'native' if m['cpu_native_bf16'] else 'no native'} bf16; "
-        f"{m['cpu_count']} logical CPUs, {m['torch_threads']} torch threads); torch {m['torch']}, Python {m['python']}; "
-        f"checkpoint `{results.checkpoint}`; {results.sentences} test sentences, one per request (`POST /v1/translate`), "
-        "greedy; the clients (aiohttp, one process) and both servers share the machine.",
+        f"{m['date']}; {m['cpu']} ({m['cpu_vector_unit']}, "
+        f"{'native' if m['cpu_native_bf16'] else 'no native'} bf16; {m['cpu_count']} logical CPUs, "
+        f"{m['torch_threads']} torch threads); torch {m['torch']}, Python {m['python']}; "
+        f"checkpoint `{results.checkpoint}`; {results.sentences} test sentences, one per request "
+        "(`POST /v1/translate`), greedy; the clients (aiohttp, one process) and both servers share "
+        "the machine.",
         "",
-        "| precision | clients | batching | sentences/s | × batching off | % of offline file, whole process | "
-        "% of offline, in process | p50 ms | p95 ms | p99 ms | answered | 503 | 504 | failed |",
+        "| precision | clients | batching | sentences/s | × batching off | % of offline file, "
+        "whole process | % of offline, in process | p50 ms | p95 ms | p99 ms | answered | 503 | "
+        "504 | failed |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     offline = {o.precision: o for o in results.offline}
     off = {(f.precision, f.clients): f for f in results.load if not f.batching}
     for f in results.load:
         base = off.get((f.precision, f.clients))
-        ratio = f"{f.sentences_per_second / base.sentences_per_second:.1f}×" if f.batching and base else ""
+        ratio = (
+            f"{f.sentences_per_second / base.sentences_per_second:.1f}×"
+            if f.batching and base
+            else ""
+        )
         reference = offline[f.precision]
         lines.append(
-            f"| {f.precision} | {f.clients} | {'on' if f.batching else 'off'} | {f.sentences_per_second:,.0f} | {ratio} | "
-            f"{100 * f.sentences_per_second / reference.whole_process:.0f} | {100 * f.sentences_per_second / reference.in_process:.0f} | "
-            f"{f.p50_ms:.0f} | {f.p95_ms:.0f} | {f.p99_ms:.0f} | {f.answered}/{f.requests} | {f.refused} | {f.timed_out} | {f.failed} |"
+            f"| {f.precision} | {f.clients} | {'on' if f.batching else 'off'} | "
+            f"{f.sentences_per_second:,.0f} | {ratio} | "
+            f"{100 * f.sentences_per_second / reference.whole_process:.0f} | "
+            f"{100 * f.sentences_per_second / reference.in_process:.0f} | {f.p50_ms:.0f} | "
+            f"{f.p95_ms:.0f} | {f.p99_ms:.0f} | {f.answered}/{f.requests} | {f.refused} | "
+            f"{f.timed_out} | {f.failed} |"
         )
-    lines += ["", "Offline, the same sentences: " + "; ".join(
-        f"{o.precision} {o.whole_process:,.0f} sentences/s with `seq2seq translate --input` as a whole process (start-up "
-        f"included), {o.in_process:,.0f} with `Translator` in one process (batch 64)"
-        for o in results.offline
-    ) + "."]
+    lines += [
+        "",
+        "Offline, the same sentences: "
+        + "; ".join(
+            f"{o.precision} {o.whole_process:,.0f} sentences/s with `seq2seq translate --input` as "
+            f"a whole process (start-up included), {o.in_process:,.0f} with `Translator` in one "
+            "process (batch 64)"
+            for o in results.offline
+        )
+        + ".",
+    ]
     return "\n".join(lines)
 
 

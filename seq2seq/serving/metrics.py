@@ -9,7 +9,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -22,15 +29,27 @@ class ServerMetrics:
         self.routes = routes
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "seq2seq_requests", "HTTP requests answered, by route and status code", ["route", "code"], registry=self.registry
+            "seq2seq_requests",
+            "HTTP requests answered, by route and status code",
+            ["route", "code"],
+            registry=self.registry,
         )
         self.latency = Histogram(
-            "seq2seq_request_seconds", "time to answer a request, by route", ["route"], buckets=LATENCY_BUCKETS, registry=self.registry
+            "seq2seq_request_seconds",
+            "time to answer a request, by route",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.batch_lines = Histogram(
-            "seq2seq_batch_lines", "lines translated together in one batch", buckets=BATCH_BUCKETS, registry=self.registry
+            "seq2seq_batch_lines",
+            "lines translated together in one batch",
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
         )
-        self.queue_lines = Gauge("seq2seq_queue_lines", "lines waiting for a worker", registry=self.registry)
+        self.queue_lines = Gauge(
+            "seq2seq_queue_lines", "lines waiting for a worker", registry=self.registry
+        )
 
     def watch_queue(self, queued_lines: Callable[[], int]) -> None:
         self.queue_lines.set_function(queued_lines)

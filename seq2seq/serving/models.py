@@ -12,7 +12,14 @@ from seq2seq.serving.limits import ServeLimits
 from seq2seq.translate import SearchSettings, Translator
 
 # LibreTranslate's /languages gives a name beside each code; the corpora's codes and a few more
-LANGUAGE_NAMES = {"cs": "Czech", "de": "German", "en": "English", "es": "Spanish", "fr": "French", "it": "Italian"}
+LANGUAGE_NAMES = {
+    "cs": "Czech",
+    "de": "German",
+    "en": "English",
+    "es": "Spanish",
+    "fr": "French",
+    "it": "Italian",
+}
 
 
 @dataclass
@@ -42,7 +49,12 @@ class ServedModel:
             "target_language": self.target_language,
             "corpus": self.translator.corpus.get("corpus", "?"),
             "precision": self.translator.precision,
-            "search": {"beam_size": search.beam_size, "n_best": search.nbest, "alpha": search.alpha, "beta": search.beta},
+            "search": {
+                "beam_size": search.beam_size,
+                "n_best": search.nbest,
+                "alpha": search.alpha,
+                "beta": search.beta,
+            },
         }
 
 
@@ -60,23 +72,38 @@ def load_models(
     A model is named by its run folder (`checkpoints/NAME/best.ckpt`).
     """
     if not checkpoints:
-        raise Seq2SeqError("serve needs --checkpoint CKPT (repeat it to serve one model per language pair)")
+        raise Seq2SeqError(
+            "serve needs --checkpoint CKPT (repeat it to serve one model per language pair)"
+        )
     if search.beam_size > limits.max_beam_size:
-        raise Seq2SeqError(f"--beam-size {search.beam_size} is above --max-beam-size {limits.max_beam_size}")
+        raise Seq2SeqError(
+            f"--beam-size {search.beam_size} is above --max-beam-size {limits.max_beam_size}"
+        )
     models: list[ServedModel] = []
     for index, path in enumerate(checkpoints):
         translator = Translator.from_checkpoint(path, device, search, precision, workers)
-        model = ServedModel(index, Path(path).resolve().parent.name, translator, MicroBatcher(translator, limits, on_batch))
+        model = ServedModel(
+            index,
+            Path(path).resolve().parent.name,
+            translator,
+            MicroBatcher(translator, limits, on_batch),
+        )
         for other in models:
             clash = (
                 f"the language pair {model.source_language}→{model.target_language}"
-                if (other.source_language, other.target_language) == (model.source_language, model.target_language)
-                else f"the name {model.name!r} (the run folder)" if other.name == model.name else None
+                if (other.source_language, other.target_language)
+                == (model.source_language, model.target_language)
+                else f"the name {model.name!r} (the run folder)"
+                if other.name == model.name
+                else None
             )
             if clash:
                 for served in (*models, model):
                     served.batcher.close()
-                raise Seq2SeqError(f"checkpoints {checkpoints[other.id]} and {path} share {clash}: serve one model for each")
+                raise Seq2SeqError(
+                    f"checkpoints {checkpoints[other.id]} and {path} share {clash}: serve one "
+                    "model for each"
+                )
         models.append(model)
     return models
 

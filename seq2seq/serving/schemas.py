@@ -17,13 +17,24 @@ class TranslateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     text: str | list[str] = Field(
-        description="a string (split into lines) or a list of lines; one translation per line, blank lines kept",
+        description=(
+            "a string (split into lines) or a list of lines; one translation per line, "
+            "blank lines kept"
+        ),
         examples=["A dog runs on the beach.\nTwo men are talking."],
     )
-    beam_size: int | None = Field(None, ge=1, description="1: greedy search; default: the server's --beam-size")
-    n_best: int | None = Field(None, ge=1, description="hypotheses per line, best first (at most beam_size); default 1")
-    alpha: float | None = Field(None, ge=0, description="GNMT length penalty; default: the server's --alpha")
-    beta: float | None = Field(None, ge=0, description="GNMT coverage penalty; default: the server's --beta")
+    beam_size: int | None = Field(
+        None, ge=1, description="1: greedy search; default: the server's --beam-size"
+    )
+    n_best: int | None = Field(
+        None, ge=1, description="hypotheses per line, best first (at most beam_size); default 1"
+    )
+    alpha: float | None = Field(
+        None, ge=0, description="GNMT length penalty; default: the server's --alpha"
+    )
+    beta: float | None = Field(
+        None, ge=0, description="GNMT coverage penalty; default: the server's --beta"
+    )
     attention: bool = Field(False, description="include each hypothesis's attention weights")
     model: str | None = Field(None, description=MODEL_FIELD)
 
@@ -40,8 +51,15 @@ class Hypothesis(BaseModel):
 class LineTranslation(Hypothesis):
     """The best hypothesis of one line, its source pieces and the n-best list."""
 
-    score: float | None = Field(description="log-probability of the best hypothesis; null for a blank line")
-    truncated: bool = Field(description="the line was longer than the model reads (127 pieces): only its beginning was translated")
+    score: float | None = Field(
+        description="log-probability of the best hypothesis; null for a blank line"
+    )
+    truncated: bool = Field(
+        description=(
+            "the line was longer than the model reads (127 pieces): "
+            "only its beginning was translated"
+        )
+    )
     source_tokens: list[str] = Field(description="the SentencePiece pieces read, then </s>")
     n_best: list[Hypothesis]
 
@@ -55,7 +73,9 @@ class SearchInfo(BaseModel):
 
 class ModelInfo(BaseModel):
     name: str = Field(description="the run folder of its checkpoint")
-    id: int = Field(description="its position among the --checkpoint options, from 0 (OpenNMT-py's model id)")
+    id: int = Field(
+        description="its position among the --checkpoint options, from 0 (OpenNMT-py's model id)"
+    )
     source_language: str
     target_language: str
     corpus: str
@@ -69,7 +89,10 @@ class TranslateResponse(BaseModel):
 
 
 class ErrorResponse(BaseModel):
-    error: str = Field(description="what was wrong, naming the field and the limit", examples=["field 'beam_size': at most 16"])
+    error: str = Field(
+        description="what was wrong, naming the field and the limit",
+        examples=["field 'beam_size': at most 16"],
+    )
 
 
 class LibreTranslateRequest(BaseModel):
@@ -78,7 +101,9 @@ class LibreTranslateRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     q: str | list[str] = Field(description="text to translate; newlines are kept")
-    source: str = Field(description="source language code, or `auto` for the model's source language")
+    source: str = Field(
+        description="source language code, or `auto` for the model's source language"
+    )
     target: str = Field(description="target language code")
     format: str = Field("text", description="`text` only: HTML tags are not carried through")
     alternatives: int = Field(0, ge=0, description="extra translations from the beam, best first")

@@ -30,10 +30,19 @@ def serve(
 ) -> None:
     """Serve until stopped. The models load before the port opens, so a client that can
     connect gets translations; on shutdown, requests already received are answered first."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     models = load_models(checkpoints, search, precision, limits, device, workers)
     for model in models:
-        log.info("model %d %r: %s→%s, %s", model.id, model.name, model.source_language, model.target_language, model.translator.precision)
+        log.info(
+            "model %d %r: %s→%s, %s",
+            model.id,
+            model.name,
+            model.source_language,
+            model.target_language,
+            model.translator.precision,
+        )
     if api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s without --api-key: anyone who can reach it can use it", host)
     app = create_app(models, limits, api_key)
