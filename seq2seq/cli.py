@@ -26,14 +26,15 @@ from typing import TYPE_CHECKING
 from seq2seq.errors import Seq2SeqError
 
 if TYPE_CHECKING:  # the heavy imports (torch, Lightning) wait until a command needs them
-    from seq2seq.translate import SearchSettings, Translation, Translator
+    from seq2seq.core.search import SearchSettings
+    from seq2seq.core.translate import Translation, Translator
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv[:1] == ["train"]:
-            from seq2seq.train_cli import train
+            from seq2seq.training.cli import train
 
             train(argv[1:])
             return 0
@@ -51,6 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from seq2seq.core.search import SearchSettings
+    from seq2seq.core.translate import PRECISIONS
+
     parser = argparse.ArgumentParser(
         prog="seq2seq", description="GRU + attention neural machine translation."
     )
@@ -69,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     translate.add_argument(
         "--nbest",
         type=int,
-        default=1,
+        default=SearchSettings.nbest,
         help="hypotheses per line (needs --beam-size at least as large): "
         "N lines per input line, each LINE_NUMBER<TAB>TRANSLATION, best first",
     )
@@ -165,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--serve-precisions",
         nargs="+",
-        choices=("fp32", "bf16", "int8"),
+        choices=PRECISIONS,
         default=["fp32", "int8"],
         help=(
             "with --serve: the servers' --precision, each measured in turn "
@@ -205,7 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_batch_size_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--batch-size", type=int, default=64, help="sentences decoded together")
+    from seq2seq.core.translate import BATCH_SIZE
+
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=BATCH_SIZE,
+        help=f"sentences decoded together (default {BATCH_SIZE})",
+    )
 
 
 def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
@@ -232,28 +243,42 @@ def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_search_arguments(parser: argparse.ArgumentParser) -> None:
+    """The search options, with their defaults from `SearchSettings`."""
+    from seq2seq.core.search import SearchSettings
+    from seq2seq.core.translate import PRECISIONS
+
+    defaults = SearchSettings()
     parser.add_argument(
-        "--beam-size", type=int, default=1, help="1: greedy search (default); more: beam search"
+        "--beam-size",
+        type=int,
+        default=defaults.beam_size,
+        help=f"1: greedy search; more: beam search (default {defaults.beam_size})",
     )
     parser.add_argument(
-        "--alpha", type=float, default=0.6, help="beam search length penalty (GNMT); 0: none"
+        "--alpha",
+        type=float,
+        default=defaults.alpha,
+        help=f"beam search length penalty (GNMT); 0: none (default {defaults.alpha})",
     )
     parser.add_argument(
         "--beta",
         type=float,
-        default=0.3,
-        help="beam search coverage penalty (GNMT): against dropped source words; 0: none",
+        default=defaults.beta,
+        help="beam search coverage penalty (GNMT): against dropped source words; 0: none "
+        f"(default {defaults.beta})",
     )
     parser.add_argument(
         "--max-length-ratio",
         type=float,
-        help="output cap in tokens per source token (default: the training setting)",
+        default=defaults.max_length_ratio,
+        help=f"output cap in tokens per source token (default {defaults.max_length_ratio})",
     )
     parser.add_argument(
         "--precision",
-        choices=("fp32", "bf16", "int8"),
-        default="fp32",
-        help="int8: dynamic quantization, faster on CPUs; bf16: autocast, for GPUs",
+        choices=PRECISIONS,
+        default=PRECISIONS[0],
+        help="int8: dynamic quantization, faster on CPUs; bf16: autocast, for GPUs and CPUs "
+        f"with AMX or AVX512-BF16 (default {PRECISIONS[0]})",
     )
     parser.add_argument(
         "--workers",
@@ -266,10 +291,15 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def search_settings(args: argparse.Namespace) -> SearchSettings:
-    from seq2seq.translate import SearchSettings
+    from seq2seq.core.search import SearchSettings
 
+    nbest = {"nbest": args.nbest} if "nbest" in args else {}  # translate has --nbest
     return SearchSettings(
-        args.beam_size, args.alpha, args.beta, getattr(args, "nbest", 1), args.max_length_ratio
+        beam_size=args.beam_size,
+        alpha=args.alpha,
+        beta=args.beta,
+        max_length_ratio=args.max_length_ratio,
+        **nbest,
     )
 
 
@@ -277,8 +307,8 @@ def run_translate(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     from seq2seq.atomic import write_lines
+    from seq2seq.core.translate import Translator
     from seq2seq.corpora import read_lines
-    from seq2seq.translate import Translator
 
     translator = Translator.from_checkpoint(
         args.checkpoint, args.device, search_settings(args), args.precision, args.workers
@@ -368,7 +398,7 @@ def interactive(translator: Translator) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
-    from seq2seq.evaluate import evaluate_checkpoint, score_files
+    from seq2seq.core.evaluate import evaluate_checkpoint, score_files
 
     if args.hyp or args.ref:
         if not (args.hyp and args.ref) or args.checkpoint:
@@ -399,7 +429,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
 
 
 def run_average(args: argparse.Namespace) -> None:
-    from seq2seq.average import average_checkpoints
+    from seq2seq.core.checkpoint import average_checkpoints
 
     average_checkpoints(args.checkpoints, args.output)
     print(f"Averaged {len(args.checkpoints)} checkpoints into {args.output}")
@@ -442,24 +472,25 @@ def run_bench(args: argparse.Namespace) -> None:
     if args.serve:
         run_serve_bench(args, command.strip())
         return
-    from seq2seq.bench import run_bench, save
+    from seq2seq.training.bench import default_checkpoint, run_bench, save
 
+    checkpoint = args.checkpoint or default_checkpoint(args.config)
     results = run_bench(
         args.config,
-        args.checkpoint,
+        checkpoint,
         args.precision,
         args.warmup_steps,
         args.steps,
         sentences=args.sentences,
         mirror=args.mirror,
     )
-    save(results, Path(args.output), args.config, args.checkpoint, command.strip())
+    save(results, Path(args.output), args.config, checkpoint, command.strip())
     print(f"Wrote {args.output}.md and {args.output}.json")
 
 
 def run_serve_bench(args: argparse.Namespace, command: str) -> None:
-    from seq2seq.bench import default_checkpoint
     from seq2seq.serving.loadtest import run_serve_bench, save
+    from seq2seq.training.bench import default_checkpoint
 
     checkpoint = args.checkpoint or default_checkpoint(args.config)
     results = run_serve_bench(

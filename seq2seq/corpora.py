@@ -106,7 +106,8 @@ def _copy_from_mirror(source: Path, out: HashingWriter) -> None:
     if not source.is_file():
         raise Seq2SeqError(
             f"mirror file {source} does not exist: the mirror folder must hold the corpus "
-            f"files under their names (see SOURCES.md), or unset {MIRROR_VARIABLE} to download."
+            "files under their names (the `RemoteFile` names of the corpus), or unset "
+            f"{MIRROR_VARIABLE} to download."
         )
     with open(source, "rb") as handle:
         shutil.copyfileobj(handle, out)

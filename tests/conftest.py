@@ -40,7 +40,7 @@ def data_dir(tmp_path_factory, mirror) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, data_dir, mirror) -> Path:
     """Train configs/tiny.yaml once per session; returns its run folder."""
-    from seq2seq.train_cli import train
+    from seq2seq.training.cli import train
 
     checkpoints = tmp_path_factory.mktemp("checkpoints")
     train(
@@ -68,7 +68,7 @@ def tiny_checkpoint(tiny_run) -> Path:
 @pytest.fixture(scope="session")
 def training_examples(data_dir, mirror):
     """The tiny config's 300 training pairs (what `tiny_run` memorises)."""
-    from seq2seq.data import TranslationDataModule
+    from seq2seq.training.data import TranslationDataModule
 
     module = TranslationDataModule(
         data_dir=str(data_dir), mirror=str(mirror), max_train_examples=300, vocab_size=400

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from seq2seq.attention import Attn
+from seq2seq.core.attention import Attn
 from seq2seq.errors import Seq2SeqError
 
 

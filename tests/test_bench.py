@@ -2,10 +2,16 @@
 
 import json
 
-import seq2seq.bench
-from seq2seq.bench import LATEST_RUN_MARKER, native_bf16, run_bench, save, trainable_precisions
-from seq2seq.evaluate import load_split, score
-from seq2seq.translate import Translator
+import seq2seq.training.bench
+from seq2seq.core.evaluate import load_split, score
+from seq2seq.core.translate import Translator
+from seq2seq.training.bench import (
+    LATEST_RUN_MARKER,
+    native_bf16,
+    run_bench,
+    save,
+    trainable_precisions,
+)
 from tests.conftest import TINY_CONFIG
 
 
@@ -25,9 +31,8 @@ def test_bench_measures_training_and_translation_and_writes_both_reports(
         overrides=["--data.data_dir", str(data_dir), "--checkpoint_dir", str(tmp_path)],
     )
     assert results.matmul_gflops["fp32"] > 1 and results.matmul_gflops.get("bf16", 1) > 0
-    assert ("bf16" in results.matmul_gflops) == native_bf16(
-        "cpu"
-    )  # emulated bf16: a minute a product, unused
+    # emulated bf16: a minute a product, unused
+    assert ("bf16" in results.matmul_gflops) == native_bf16("cpu")
     (training,) = results.training
     assert (
         training.steps == 3
@@ -61,9 +66,8 @@ def test_bench_measures_training_and_translation_and_writes_both_reports(
     ] == native_bf16("cpu")
     markdown = (tmp_path / "BENCH.md").read_text()
     assert "| 32-true |" in markdown and "| beam5 | int8 |" in markdown
-    assert (
-        report["machine"]["cpu_vector_unit"] in markdown
-    )  # AVX2 and AVX512 runs are not comparable
+    # AVX2 and AVX512 runs are not comparable
+    assert report["machine"]["cpu_vector_unit"] in markdown
 
     history = "# Benchmarks\n\nHand-written history, kept by every run.\n\n"
     (tmp_path / "BENCH.md").write_text(history + LATEST_RUN_MARKER + "\n\nan older run's figures\n")
@@ -80,9 +84,9 @@ def test_bench_measures_training_and_translation_and_writes_both_reports(
 
 
 def test_bench_skips_emulated_bf16_training(monkeypatch):
-    monkeypatch.setattr(seq2seq.bench, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(seq2seq.training.bench, "cpu_has_bf16", lambda: False)
     assert trainable_precisions(["32-true", "bf16-mixed"], "cpu") == ["32-true"]
-    monkeypatch.setattr(seq2seq.bench, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(seq2seq.training.bench, "cpu_has_bf16", lambda: True)
     assert trainable_precisions(["32-true", "bf16-mixed"], "cpu") == ["32-true", "bf16-mixed"]
 
 

@@ -3,8 +3,15 @@
 import pytest
 import torch
 
+from seq2seq.core.checkpoint import (
+    FORMAT_VERSION,
+    WEIGHTS_PREFIX,
+    load_checkpoint,
+    load_network,
+    translation_section,
+)
+from seq2seq.core.translate import Translator
 from seq2seq.errors import Seq2SeqError
-from seq2seq.translate import load_checkpoint
 
 
 class RunsCode:
@@ -52,3 +59,24 @@ def test_a_text_file_is_not_mistaken_for_a_code_carrying_checkpoint(tmp_path):
         Seq2SeqError, match=r"notes.ckpt is truncated or corrupted \(not the zip archive"
     ):
         load_checkpoint(path)
+
+
+def test_a_version_1_checkpoint_loads_and_translates_alike(tiny_checkpoint, tmp_path):
+    """Version 1 kept the output cap in the file; it is a search setting now."""
+    checkpoint = torch.load(tiny_checkpoint, weights_only=True)
+    assert checkpoint["seq2seq"]["format_version"] == FORMAT_VERSION == 2
+    checkpoint["seq2seq"].update(format_version=1, max_length_ratio=2.0)
+    torch.save(checkpoint, tmp_path / "version1.ckpt")
+    old = load_checkpoint(tmp_path / "version1.ckpt")["seq2seq"]
+    assert old == load_checkpoint(tiny_checkpoint)["seq2seq"]
+    sentences = ["Tom is here.", "I like green tea.", "Where is the station?"]
+    translated = Translator.from_checkpoint(tmp_path / "version1.ckpt").translate(sentences)
+    assert translated == Translator.from_checkpoint(tiny_checkpoint).translate(sentences)
+
+
+def test_the_translation_section_rebuilds_the_network(tiny_checkpoint):
+    checkpoint = load_checkpoint(tiny_checkpoint)
+    net, source, target = load_network(checkpoint, tiny_checkpoint)
+    section = translation_section(net.config, source, target, checkpoint["seq2seq"]["corpus"])
+    assert section == checkpoint["seq2seq"]
+    assert all(name.startswith(WEIGHTS_PREFIX) for name in checkpoint["state_dict"])

@@ -17,9 +17,9 @@ import lightning as L
 import pytest
 import torch
 
-from seq2seq.data import Batch, TokenBatchSampler, TranslationDataModule, share
 from seq2seq.errors import Seq2SeqError
-from seq2seq.train_cli import build_cli
+from seq2seq.training.cli import build_cli
+from seq2seq.training.data import Batch, TokenBatchSampler, TranslationDataModule, share
 from tests.conftest import ROOT, TINY_CONFIG
 
 LENGTHS = [3 + (7 * i) % 40 for i in range(500)]
@@ -59,9 +59,8 @@ def test_one_process_yields_the_undivided_batches():
 
 
 def test_shares_are_the_same_on_every_process_and_reshuffled_each_epoch():
-    assert shares(2, epoch=3) == shares(
-        2, epoch=3
-    )  # each process computes everyone's batches alike
+    # each process computes everyone's batches alike
+    assert shares(2, epoch=3) == shares(2, epoch=3)
     first, second = shares(2, epoch=0), shares(2, epoch=1)
     assert first[0] != second[0]
     assert sorted(sentences(second[0] + second[1])) == list(range(len(LENGTHS)))
@@ -260,16 +259,14 @@ def test_two_process_ddp_shares_batches_and_scores_exactly_the_valid_set(
     records = [read_records(tmp_path / "straight-records", rank) for rank in (0, 1)]
     for epoch in (0, 1):
         first, second = (sentences(r["train", epoch]) for r in records)
-        assert (
-            len(records[0]["train", epoch]) == len(records[1]["train", epoch]) == 4
-        )  # 7 batches, one halved
+        # 7 batches, one halved
+        assert len(records[0]["train", epoch]) == len(records[1]["train", epoch]) == 4
         assert not set(first) & set(second)
         assert sorted(first + second) == list(range(len(module.train_pairs)))
     assert records[0]["train", 0] != records[0]["train", 1]  # reshuffled each epoch
     first, second = (sentences(r["valid", 1]) for r in records)
-    assert sorted(first + second) == list(
-        range(len(module.valid_pairs))
-    )  # each valid sentence once
+    # each valid sentence once
+    assert sorted(first + second) == list(range(len(module.valid_pairs)))
     assert logged(tmp_path / "straight" / "tiny", "val_sentences") == [len(module.valid_pairs)]
 
     # killed (every process) right after last.ckpt at step 6, in the middle of epoch 1; rerun

@@ -5,9 +5,11 @@ import sys
 import unicodedata
 
 from seq2seq.cli import main
-from seq2seq.evaluate import score
+from seq2seq.core.checkpoint import load_checkpoint
+from seq2seq.core.evaluate import score
+from seq2seq.core.search import SearchSettings
+from seq2seq.core.translate import Translator
 from seq2seq.figures import read_run_metrics
-from seq2seq.translate import SearchSettings, Translator, load_checkpoint
 from tests.conftest import TINY_CONFIG
 
 

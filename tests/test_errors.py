@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from seq2seq.cli import main
+from seq2seq.core.checkpoint import load_checkpoint
 from seq2seq.corpora import Tatoeba
-from seq2seq.data import TranslationDataModule
 from seq2seq.errors import Seq2SeqError
-from seq2seq.translate import load_checkpoint
+from seq2seq.training.data import TranslationDataModule
 from tests.conftest import TINY_CONFIG
 
 

@@ -14,14 +14,13 @@ import pytest
 import torch
 from lightning.fabric.utilities.data import _set_sampler_epoch
 
-from seq2seq import checkpointing
 from seq2seq.atomic import atomic_write
-from seq2seq.checkpointing import AtomicCheckpointIO
 from seq2seq.cli import main
-from seq2seq.data import EncodedPair, ResumableDataLoader, TokenBatchSampler, collate
+from seq2seq.core.checkpoint import load_checkpoint
 from seq2seq.errors import Seq2SeqError
-from seq2seq.training import assert_finite
-from seq2seq.translate import load_checkpoint
+from seq2seq.training.callbacks import AtomicCheckpointIO
+from seq2seq.training.data import EncodedPair, ResumableDataLoader, TokenBatchSampler, collate
+from seq2seq.training.module import assert_finite
 from tests.conftest import ROOT, TINY_CONFIG
 from tests.test_checkpoints import RunsCode
 
@@ -160,9 +159,8 @@ def test_kill_9_then_the_same_command_resumes_and_ends_with_the_uninterrupted_we
     last = tmp_path / "killed" / "tiny" / "last.ckpt"
     kill_once_saved(start_training(args), last)
     saved = load_checkpoint(last)  # complete and readable despite the kill
-    assert (
-        saved["loops"]["fit_loop"]["state_dict"]["combined_loader"][0] == position
-    )  # killed mid-epoch
+    # killed mid-epoch
+    assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"][0] == position
 
     rerun = subprocess.run(
         [sys.executable, "-m", "seq2seq", *args], cwd=ROOT, capture_output=True, text=True
@@ -226,7 +224,7 @@ def test_full_disk_keeps_the_previous_checkpoint_and_leaves_no_temporary_file(
     io = AtomicCheckpointIO()
     io.save_checkpoint({"step": torch.tensor(1)}, path)
     before = path.read_bytes()
-    monkeypatch.setattr(checkpointing.torch, "save", fail_after(0))
+    monkeypatch.setattr(torch, "save", fail_after(0))
     message = (
         r"could not write checkpoint .*last.ckpt \(No space left on device\); "
         r"the previous last.ckpt, if any, is intact"
@@ -254,9 +252,8 @@ def test_two_writers_of_one_file_never_mix_their_bytes(tmp_path):
 def test_full_disk_during_training_stops_with_one_line_and_keeps_last_ckpt(
     tmp_path, data_dir, mirror, monkeypatch, capsys
 ):
-    monkeypatch.setattr(
-        checkpointing.torch, "save", fail_after(1)
-    )  # the step-3 save works, the step-6 one fails
+    # the step-3 save works, the step-6 one fails
+    monkeypatch.setattr(torch, "save", fail_after(1))
     args = train_args(
         tmp_path,
         data_dir,

@@ -4,17 +4,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import seq2seq.attention
-import seq2seq.loss
-from seq2seq.attention import additive_scores
-from seq2seq.loss import smoothed_cross_entropy
+import seq2seq.core.attention
+import seq2seq.training.loss
+from seq2seq.core.attention import additive_scores
+from seq2seq.training.loss import smoothed_cross_entropy
 
 
-@pytest.mark.parametrize(
-    "values_per_slice", [1, 2 * 4 * 5 * 6, 2**19]
-)  # 1 row, 2 rows, all rows a slice
+# 1 row, 2 rows, all rows a slice
+@pytest.mark.parametrize("values_per_slice", [1, 2 * 4 * 5 * 6, 2**19])
 def test_additive_scores_pass_gradcheck(monkeypatch, values_per_slice):
-    monkeypatch.setattr(seq2seq.attention, "VALUES_PER_SLICE", values_per_slice)
+    monkeypatch.setattr(seq2seq.core.attention, "VALUES_PER_SLICE", values_per_slice)
     torch.manual_seed(0)
     queries = torch.randn(3, 4, 6, dtype=torch.float64, requires_grad=True)
     keys = torch.randn(3, 5, 6, dtype=torch.float64, requires_grad=True)
@@ -55,7 +54,7 @@ def test_smoothed_cross_entropy_equals_torch(smoothing, rows):
 
 
 def test_smoothed_cross_entropy_without_grad_and_in_bf16(monkeypatch):
-    monkeypatch.setattr(seq2seq.loss, "ROWS_PER_SLICE", 4)
+    monkeypatch.setattr(seq2seq.training.loss, "ROWS_PER_SLICE", 4)
     torch.manual_seed(0)
     logits = torch.randn(10, 50).bfloat16().requires_grad_()
     target = torch.randint(0, 50, (10,))

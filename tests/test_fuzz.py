@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from seq2seq.core.translate import Translator
 from seq2seq.corpora import read_lines
-from seq2seq.translate import Translator
 
 # Characters that break naive text handling, mixed into otherwise arbitrary text.
 AWKWARD = [

@@ -6,10 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from seq2seq.evaluate import score
+from seq2seq.core.evaluate import score
+from seq2seq.core.search import SearchSettings
+from seq2seq.core.translate import Translator
 from seq2seq.figures import read_run_metrics
-from seq2seq.train_cli import train
-from seq2seq.translate import SearchSettings, Translator
+from seq2seq.training.cli import train
 from tests.conftest import TINY_CONFIG
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -44,9 +45,8 @@ def cuda_run(tmp_path_factory, data_dir, mirror):
 
 def test_bf16_mixed_training_on_the_gpu_memorises_the_training_pairs(cuda_run, training_examples):
     cli, run = cuda_run
-    assert (
-        cli.trainer.strategy.root_device.type == "cuda"
-    )  # fit moves the module back to the CPU at its end
+    # fit moves the module back to the CPU at its end
+    assert cli.trainer.strategy.root_device.type == "cuda"
     assert cli.trainer.precision == "bf16-mixed"
     (optimizer,) = cli.trainer.optimizers
     assert optimizer.defaults["fused"]

@@ -7,11 +7,10 @@ import pytest
 import torch
 from sacrebleu.metrics import BLEU, CHRF, TER
 
-from seq2seq.average import average_checkpoints
 from seq2seq.cli import main
+from seq2seq.core.checkpoint import average_checkpoints, load_checkpoint
+from seq2seq.core.evaluate import score_files
 from seq2seq.errors import Seq2SeqError
-from seq2seq.evaluate import score_files
-from seq2seq.translate import load_checkpoint
 
 FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -90,7 +89,7 @@ def test_interactive_prompt_shows_attention_as_text_on_request(
     tiny_checkpoint, monkeypatch, capsys
 ):
     from seq2seq.cli import interactive
-    from seq2seq.translate import Translator
+    from seq2seq.core.translate import Translator
 
     typed = iter([":attention", "Go."])
     monkeypatch.setattr(
@@ -249,7 +248,7 @@ def test_keep_last_checkpoints_can_be_averaged_and_translate(tiny_run, tmp_path)
     kept = sorted(tiny_run.glob("step*.ckpt"))
     assert len(kept) == 2  # configs/tiny.yaml: keep_last 2, two validations
     assert main(["average", "--output", str(tmp_path / "mean.ckpt"), *map(str, kept)]) == 0
-    from seq2seq.translate import Translator
+    from seq2seq.core.translate import Translator
 
     assert Translator.from_checkpoint(tmp_path / "mean.ckpt").translate(["Go."])[0]
 
@@ -269,7 +268,7 @@ def test_a_100000_character_line_is_cut_with_a_warning_and_keeps_the_line_count(
 ):
     import warnings
 
-    from seq2seq.translate import Translator
+    from seq2seq.core.translate import Translator
 
     translator = Translator.from_checkpoint(tiny_checkpoint)
     huge = ("I'm hungry. " * 10_000)[:100_000]
@@ -277,9 +276,8 @@ def test_a_100000_character_line_is_cut_with_a_warning_and_keeps_the_line_count(
         warnings.simplefilter("always")
         translations = translator.translate_detailed(["Go.", huge, ""])
     assert [bool(t.text) for t in translations] == [True, True, False]
-    assert (
-        len(translations[1].source_ids) == translator.net.config.max_source_length
-    )  # 127 pieces + eos
+    # 127 pieces + eos
+    assert len(translations[1].source_ids) == translator.net.config.max_source_length
     assert [str(w.message) for w in caught] == [
         "input line 2 is longer than 127 tokens: only its beginning is translated"
     ]

@@ -2,9 +2,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from seq2seq.model import ModelConfig, Seq2Seq
-from seq2seq.search import greedy_search
-from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from seq2seq.core.model import ModelConfig, Seq2Seq
+from seq2seq.core.search import SearchSettings, greedy_search
+from seq2seq.core.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 VOCAB = 50
 
@@ -103,7 +103,8 @@ def test_greedy_output_is_capped_by_source_length():
     net = network()
     source, lengths = padded(SENTENCES)
     for hypothesis, length in zip(
-        greedy_search(net, source, lengths, max_length_ratio=1.0, min_length=2), lengths
+        greedy_search(net, source, lengths, SearchSettings(max_length_ratio=1.0, min_length=2)),
+        lengths,
     ):
         assert len(hypothesis.tokens) <= int(length)
 
@@ -124,14 +125,12 @@ def test_beams_share_encoder_states_and_decode_like_copied_sentences(rule):
     source, lengths = padded(SENTENCES)
     state = net.encode(source, lengths)
     previous = torch.randint(4, VOCAB, (3 * 2,))  # two different beams per sentence
-    beams = state.select_beams(
-        torch.arange(3).repeat_interleave(2)
-    )  # one row grows into two per sentence
+    # one row grows into two per sentence
+    beams = state.select_beams(torch.arange(3).repeat_interleave(2))
     assert beams.memory is state.memory and beams.hidden.size(1) == 6 and beams.beams == 2
     logits, weights, after = net.decode_step(beams, previous)
-    copies = state.select_sentences(
-        torch.arange(3).repeat_interleave(2)
-    )  # every beam its own memory copy
+    # every beam its own memory copy
+    copies = state.select_sentences(torch.arange(3).repeat_interleave(2))
     expected_logits, expected_weights, _ = net.decode_step(copies, previous)
     torch.testing.assert_close(logits, expected_logits)
     torch.testing.assert_close(weights, expected_weights)
@@ -143,12 +142,12 @@ def test_beams_share_encoder_states_and_decode_like_copied_sentences(rule):
 
 
 def test_beam_of_one_equals_greedy():
-    from seq2seq.search import beam_search
+    from seq2seq.core.search import beam_search
 
     net = network()
     source, lengths = padded(SENTENCES)
     greedy = greedy_search(net, source, lengths)
-    beam = beam_search(net, source, lengths, beam_size=1)
+    beam = beam_search(net, source, lengths, SearchSettings(beam_size=1))
     for g, (b,) in zip(greedy, beam):
         assert b.tokens == g.tokens
         assert b.log_probability == pytest.approx(g.log_probability, abs=1e-4)
@@ -156,7 +155,7 @@ def test_beam_of_one_equals_greedy():
 
 
 def test_beam_decodes_its_first_step_once_per_sentence(monkeypatch):
-    from seq2seq.search import beam_search
+    from seq2seq.core.search import beam_search
 
     net = network()
     source, lengths = padded(SENTENCES)
@@ -168,20 +167,20 @@ def test_beam_decodes_its_first_step_once_per_sentence(monkeypatch):
         return decode_step(state, previous)
 
     monkeypatch.setattr(net, "decode_step", counting_decode_step)
-    beam_search(net, source, lengths, beam_size=4, min_length=3)
+    beam_search(net, source, lengths, SearchSettings(beam_size=4, min_length=3))
     assert rows[0] == 3 and rows[1] == 3 * 4  # all beams start alike: one row each, then four
 
 
 def test_beam_nbest_is_sorted_sized_and_batch_independent():
-    from seq2seq.search import beam_search
+    from seq2seq.core.search import beam_search
 
     net = network()
     source, lengths = padded(SENTENCES)
-    together = beam_search(net, source, lengths, beam_size=4, nbest=3)
+    together = beam_search(net, source, lengths, SearchSettings(beam_size=4, nbest=3))
     for sentence, nbest in zip(SENTENCES, together):
         assert len(nbest) == 3
         assert [h.score for h in nbest] == sorted((h.score for h in nbest), reverse=True)
-        alone = beam_search(net, *padded([sentence]), beam_size=4, nbest=3)[0]
+        alone = beam_search(net, *padded([sentence]), SearchSettings(beam_size=4, nbest=3))[0]
         assert [h.tokens for h in alone] == [h.tokens for h in nbest]
         for h in nbest:
             assert h.attention.shape[1] == len(sentence)

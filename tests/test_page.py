@@ -158,9 +158,8 @@ def test_nbest_lists_the_hypotheses_and_clicking_one_shows_its_attention(
     expect(items.nth(0)).to_contain_class("selected")
 
     second = hypotheses[1]
-    assert (
-        second["target_tokens"] != hypotheses[0]["target_tokens"]
-    )  # else the click would show no change
+    # else the click would show no change
+    assert second["target_tokens"] != hypotheses[0]["target_tokens"]
     items.nth(1).click()
     expect(items.nth(1)).to_contain_class("selected")
     expect(items.nth(0)).not_to_contain_class("selected")

@@ -6,16 +6,16 @@ import threading
 import pytest
 import torch
 
+from seq2seq.core.search import SearchSettings, beam_search, coverage_penalty, greedy_search, top_k
+from seq2seq.core.tokenizer import BOS_ID, EOS_ID
+from seq2seq.core.translate import Translator
 from seq2seq.errors import Seq2SeqError
-from seq2seq.search import beam_search, coverage_penalty, greedy_search, top_k
-from seq2seq.tokenizer import BOS_ID, EOS_ID
-from seq2seq.translate import SearchSettings, Translator
 
 
 @pytest.fixture(scope="module")
 def sentences(data_dir, mirror) -> list[str]:
     """64 sources: memorised training sentences and unseen validation ones, of varied length."""
-    from seq2seq.data import TranslationDataModule
+    from seq2seq.training.data import TranslationDataModule
 
     splits = TranslationDataModule(
         data_dir=str(data_dir), mirror=str(mirror), max_train_examples=300, vocab_size=400
@@ -30,15 +30,8 @@ def test_beam_of_one_is_greedy_search_on_a_trained_model(tiny_checkpoint, senten
     source = torch.nn.utils.rnn.pad_sequence(
         [torch.tensor(ids) for ids in source_ids], batch_first=True
     )
-    greedy = greedy_search(translator.net, source, lengths, translator.max_length_ratio)
-    beam = beam_search(
-        translator.net,
-        source,
-        lengths,
-        beam_size=1,
-        alpha=0.0,
-        max_length_ratio=translator.max_length_ratio,
-    )
+    greedy = greedy_search(translator.net, source, lengths)
+    beam = beam_search(translator.net, source, lengths, SearchSettings(beam_size=1, alpha=0.0))
     for g, (b,) in zip(greedy, beam):
         assert g.tokens == b.tokens
         assert g.log_probability == pytest.approx(b.log_probability, abs=1e-4)
@@ -73,9 +66,8 @@ def test_nbest_lists_are_sorted_and_of_the_requested_size(tiny_checkpoint, sente
         scores = [h.score for h in translation.hypotheses]
         assert len(scores) == 4
         assert scores == sorted(scores, reverse=True)
-        assert (
-            len(set(map(tuple, (h.tokens for h in translation.hypotheses)))) == 4
-        )  # distinct hypotheses
+        # distinct hypotheses
+        assert len(set(map(tuple, (h.tokens for h in translation.hypotheses)))) == 4
 
 
 def test_max_length_ratio_caps_the_output(tiny_checkpoint, sentences):
@@ -168,13 +160,11 @@ def test_top_k_by_chunks_finds_what_topk_finds(rows, length, count):
 def test_coverage_penalty_counts_only_source_tokens_left_unread():
     coverage = torch.tensor([[1.0, 2.5, 1.0], [0.5, 1.0, 1.0], [0.0, 1.0, 1.0]])
     penalty = coverage_penalty(coverage, beta=0.2)
-    assert (
-        penalty[0] == 0
-    )  # every token read: no penalty, however much attention beyond a full share
+    # every token read: no penalty, however much attention beyond a full share
+    assert penalty[0] == 0
     assert penalty[1] == pytest.approx(0.2 * torch.tensor(0.5).log())
-    assert penalty[2] < penalty[1] and torch.isfinite(
-        penalty[2]
-    )  # unread costs most, but stays comparable
+    # unread costs most, but stays comparable
+    assert penalty[2] < penalty[1] and torch.isfinite(penalty[2])
     assert torch.equal(coverage_penalty(coverage, beta=0.0), torch.zeros(3))
 
 
@@ -200,9 +190,8 @@ class ScriptedDecoder(torch.nn.Module):
 
     def decode_step(self, state, previous):
         first = previous == BOS_ID
-        probabilities = (
-            torch.where(first, 0.1 / 10, 0.1 / 11).unsqueeze(1).repeat(1, self.VOCAB)
-        )  # rows sum to 1
+        # rows sum to 1
+        probabilities = torch.where(first, 0.1 / 10, 0.1 / 11).unsqueeze(1).repeat(1, self.VOCAB)
         weights = torch.zeros(previous.numel(), 2)
         probabilities[first, self.A], probabilities[first, self.B] = 0.5, 0.4
         probabilities[~first, EOS_ID] = 0.9
@@ -213,8 +202,12 @@ class ScriptedDecoder(torch.nn.Module):
 
 def test_coverage_penalty_prefers_the_hypothesis_that_read_the_whole_source():
     source, lengths = torch.tensor([[7, EOS_ID]]), torch.tensor([2])
-    likeliest = beam_search(ScriptedDecoder(), source, lengths, beam_size=2, alpha=0.6, beta=0.0)
-    covering = beam_search(ScriptedDecoder(), source, lengths, beam_size=2, alpha=0.6, beta=0.3)
+    likeliest = beam_search(
+        ScriptedDecoder(), source, lengths, SearchSettings(beam_size=2, beta=0.0)
+    )
+    covering = beam_search(
+        ScriptedDecoder(), source, lengths, SearchSettings(beam_size=2, beta=0.3)
+    )
     assert likeliest[0][0].tokens == [ScriptedDecoder.A]
     assert covering[0][0].tokens == [ScriptedDecoder.B]
     assert covering[0][0].log_probability == pytest.approx(

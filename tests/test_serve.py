@@ -14,7 +14,8 @@ import httpx
 import pytest
 import torch
 
-from seq2seq.translate import SearchSettings, Translator
+from seq2seq.core.search import SearchSettings
+from seq2seq.core.translate import Translator
 from tests.conftest import running_server
 
 pytestmark = pytest.mark.slow
@@ -398,9 +399,8 @@ def test_48_concurrent_requests_each_equal_the_same_request_alone(tiny_server, s
         if line.startswith('seq2seq_batch_lines_bucket{le="1.0"}')
     ]
     count = [line for line in metrics.splitlines() if line.startswith("seq2seq_batch_lines_count")]
-    assert float(batched[0].split()[-1]) < float(
-        count[0].split()[-1]
-    )  # some batches held several lines
+    # some batches held several lines
+    assert float(batched[0].split()[-1]) < float(count[0].split()[-1])
 
 
 def same_translations(a: dict, b: dict) -> bool:
@@ -532,10 +532,11 @@ def test_shutdown_finishes_the_requests_in_flight(tiny_checkpoint, tmp_path, sou
             answers = [future.result() for future in pending]
         assert [answer.status_code for answer in answers] == [200] * 3
         assert all(len(answer.json()["translations"]) == 100 for answer in answers)
+        # uvicorn re-raises the signal once done
         assert server.process.wait(timeout=60) in (
             0,
             -signal.SIGTERM,
-        )  # uvicorn re-raises the signal once done
+        )
         assert "Application shutdown complete" in server.log.read_text()
 
 
@@ -544,7 +545,7 @@ def test_serving_and_translating_never_import_lightning(tiny_checkpoint):
     code = (
         "import sys\n"
         "from seq2seq.serving.server import serve\n"
-        "from seq2seq.translate import Translator\n"
+        "from seq2seq.core.translate import Translator\n"
         f"print(Translator.from_checkpoint({str(tiny_checkpoint)!r}).translate(['Tom is here.']))\n"
         "print(sorted(name for name in sys.modules "
         "if name.split('.')[0] in ('lightning', 'pytorch_lightning')))\n"

@@ -1,7 +1,7 @@
 import pytest
 
+from seq2seq.core.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, train_tokenizer
 from seq2seq.corpora import Tatoeba, training_pairs
-from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, train_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from seq2seq.train_cli import train
+from seq2seq.training.cli import train
 from tests.conftest import TINY_CONFIG
 
 
@@ -93,9 +93,8 @@ def test_fused_adam_trains_in_bf16_mixed_and_its_gradients_are_clipped(tmp_path,
         ]
     )
     (optimizer,) = cli.trainer.optimizers
-    assert optimizer.defaults[
-        "fused"
-    ]  # Lightning's mixed-precision plugin alone would refuse to clip it
+    # Lightning's mixed-precision plugin alone would refuse to clip it
+    assert optimizer.defaults["fused"]
     parameters = list(cli.model.net.parameters())
     for parameter in parameters:
         parameter.grad = torch.full_like(parameter, 10.0)
@@ -174,8 +173,9 @@ def test_a_step_budget_that_ends_mid_epoch_validates_its_last_step(tmp_path, dat
     )
     (metrics,) = tmp_path.rglob("metrics.csv")
     validated = [int(row["step"]) for row in csv.DictReader(metrics.open()) if row.get("val_bleu")]
+    # the end of epoch 0 (7 batches), then the stop (steps count from 0 here)
     assert validated == [
         6,
         9,
-    ]  # the end of epoch 0 (7 batches), then the stop (steps count from 0 here)
+    ]
     assert (tmp_path / "tiny" / "best.ckpt").is_file()

@@ -30,6 +30,8 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import seq2seq
+from seq2seq.core.search import SearchSettings
+from seq2seq.core.translate import Translation
 from seq2seq.errors import Seq2SeqError
 from seq2seq.serving.batcher import QueueFull, ShuttingDown
 from seq2seq.serving.limits import ServeLimits
@@ -46,7 +48,6 @@ from seq2seq.serving.schemas import (
     TranslateRequest,
     TranslateResponse,
 )
-from seq2seq.translate import SearchSettings, Translation
 
 STATIC = Path(__file__).parent / "static"
 log = logging.getLogger("seq2seq.serve")
@@ -175,7 +176,7 @@ def search_for(
     """The model's default search with what the request changed, checked against the limits."""
     default = model.translator.search
     beam_size = default.beam_size if beam_size is None else beam_size
-    n_best = 1 if n_best is None else n_best
+    n_best = SearchSettings.nbest if n_best is None else n_best
     widest = min(limits.max_beam_size, model.translator.max_beam_size)
     if beam_size > widest:
         raise ApiError(422, f"field 'beam_size': at most {widest} on this server, got {beam_size}")

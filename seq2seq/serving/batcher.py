@@ -17,8 +17,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from seq2seq.core.search import SearchSettings
+from seq2seq.core.translate import EncodedLine, Translation, Translator
 from seq2seq.serving.limits import ServeLimits
-from seq2seq.translate import EncodedLine, SearchSettings, Translation, Translator
 
 # Tokenizing a sentence or two takes less time than handing it to a thread; more goes to one,
 # so the event loop is never held for long.
@@ -98,9 +99,8 @@ class MicroBatcher:
         if sum(map(len, lines)) <= INLINE_ENCODE_CHARACTERS:
             encoded = self.translator.encode(lines, False)
         else:
-            encoded = await asyncio.to_thread(
-                self.translator.encode, lines, False
-            )  # off the event loop
+            # off the event loop
+            encoded = await asyncio.to_thread(self.translator.encode, lines, False)
         loop = asyncio.get_running_loop()
         job = Job(encoded, search, loop.create_future(), loop, deadline)
         with self._condition:

@@ -28,9 +28,9 @@ from pathlib import Path
 import aiohttp
 
 from seq2seq.atomic import write_lines
+from seq2seq.core.evaluate import load_split
+from seq2seq.core.translate import Translator
 from seq2seq.errors import Seq2SeqError
-from seq2seq.evaluate import load_split
-from seq2seq.translate import Translator
 
 STARTUP_SECONDS = 180  # loading a checkpoint and opening the port
 
@@ -173,9 +173,8 @@ def measure_load(
     clients: int,
     time_limit: float,
 ) -> LoadFigures:
-    asyncio.run(
-        drive(url, sentences[: 4 * clients], clients, time_limit)
-    )  # warm-up: connections, allocator
+    # warm-up: connections, allocator
+    asyncio.run(drive(url, sentences[: 4 * clients], clients, time_limit))
     latencies, statuses, seconds = asyncio.run(drive(url, sentences, clients, time_limit))
     answered = statuses.get(200, 0)
     return LoadFigures(
@@ -237,7 +236,9 @@ def run_serve_bench(
 ) -> ServeBenchResults:
     """Measure everything (see the module docstring) for each precision, printing each figure as it
     comes."""
-    from seq2seq.bench import machine  # the training layer's bench: imported only for this report
+    from seq2seq.training.bench import (
+        machine,  # the training layer's bench: imported only for this report
+    )
 
     if not Path(checkpoint).is_file():
         raise Seq2SeqError(
@@ -345,7 +346,7 @@ def save(results: ServeBenchResults, output: Path, command: str) -> None:
     The rest of both files is `seq2seq bench`'s: the section sits above its latest-run
     marker (which rewrites everything below it), and the JSON keeps its other entries.
     """
-    from seq2seq.bench import LATEST_RUN_MARKER
+    from seq2seq.training.bench import LATEST_RUN_MARKER
 
     summary, figures = output.with_suffix(".md"), output.with_suffix(".json")
     section = f"{SECTION_START}\n\n{markdown(results, command)}\n\n{SECTION_END}"

@@ -6,10 +6,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from seq2seq.core.search import SearchSettings
+from seq2seq.core.translate import Translator
 from seq2seq.errors import Seq2SeqError
 from seq2seq.serving.batcher import MicroBatcher
 from seq2seq.serving.limits import ServeLimits
-from seq2seq.translate import SearchSettings, Translator
 
 # LibreTranslate's /languages gives a name beside each code; the corpora's codes and a few more
 LANGUAGE_NAMES = {

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import uvicorn
 
+from seq2seq.core.search import SearchSettings
+from seq2seq.core.translate import PRECISIONS
 from seq2seq.serving.app import create_app
 from seq2seq.serving.limits import ServeLimits
 from seq2seq.serving.models import load_models
-from seq2seq.translate import SearchSettings
 
 log = logging.getLogger("seq2seq.serve")
 
@@ -22,7 +23,7 @@ def serve(
     port: int = 8000,
     api_key: str | None = None,
     search: SearchSettings = SearchSettings(),
-    precision: str = "fp32",
+    precision: str = PRECISIONS[0],
     limits: ServeLimits = ServeLimits(),
     device: str | None = None,
     workers: int | None = None,

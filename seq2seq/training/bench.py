@@ -32,13 +32,14 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from seq2seq.atomic import write_lines
-from seq2seq.data import Batch, TranslationDataModule
+from seq2seq.core.evaluate import load_split, score
+from seq2seq.core.search import SearchSettings
+from seq2seq.core.tokenizer import PAD_ID
+from seq2seq.core.translate import Translator
 from seq2seq.errors import Seq2SeqError
-from seq2seq.evaluate import load_split, score
-from seq2seq.tokenizer import PAD_ID
-from seq2seq.train_cli import TrainingCLI, build_cli, cpu_has_bf16, run_folder
-from seq2seq.training import TranslationModule
-from seq2seq.translate import SearchSettings, Translator
+from seq2seq.training.cli import NO_BF16_CPU, TrainingCLI, build_cli, cpu_has_bf16, run_folder
+from seq2seq.training.data import Batch, TranslationDataModule
+from seq2seq.training.module import TranslationModule
 
 
 @dataclass
@@ -143,9 +144,7 @@ def trainable_precisions(precisions: list[str], device: str) -> list[str]:
     fp32 there (`seq2seq train` falls back to 32-true), so it would time nothing a user runs."""
     if "bf16-mixed" not in precisions or native_bf16(device):
         return precisions
-    print(
-        "This CPU has no bf16 instructions (AVX512-BF16 or AMX): bf16-mixed training not measured"
-    )
+    print(f"{NO_BF16_CPU}: bf16-mixed training not measured")
     return [p for p in precisions if p != "bf16-mixed"]
 
 
@@ -314,9 +313,8 @@ def run_bench(
     `overrides` are extra `seq2seq train` arguments for the config (e.g. `--data.data_dir`).
     """
     check_precisions(precisions)
-    logging.getLogger("lightning.pytorch").setLevel(
-        logging.WARNING
-    )  # no per-run banners between the figures
+    # no per-run banners between the figures
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     precisions = trainable_precisions(precisions, device)
     results = BenchResults(machine(), matmul_peaks(device))
@@ -366,9 +364,8 @@ def run_bench(
     for precision in inference_precisions:
         for search in (SearchSettings(), SearchSettings(beam_size=beam_size)):
             translator = Translator.from_checkpoint(checkpoint, device, search, precision)
-            split = (
-                split or next(iter(load_split(translator, None, mirror).values()))[:sentences]
-            )  # read once
+            # read once
+            split = split or next(iter(load_split(translator, None, mirror).values()))[:sentences]
             figures = measure_translation(
                 translator, [e.source for e in split], [e.references for e in split], batch_size
             )
@@ -458,9 +455,8 @@ def save(
     write_lines(
         summary, [kept + LATEST_RUN_MARKER, "", markdown(results, config, checkpoint, command)]
     )
-    serve = (
-        json.loads(figures.read_text()).get("serve") if figures.is_file() else None
-    )  # `seq2seq bench --serve`'s
+    # `seq2seq bench --serve`'s
+    serve = json.loads(figures.read_text()).get("serve") if figures.is_file() else None
     write_lines(
         figures, [json.dumps({**asdict(results), **({"serve": serve} if serve else {})}, indent=2)]
     )

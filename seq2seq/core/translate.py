@@ -1,15 +1,13 @@
 """Translate text with a checkpoint: load, tokenize, batch by length, search, detokenize.
 
 A checkpoint file alone is enough: it carries the network settings, the weights and
-both SentencePiece models. It is loaded with `weights_only=True`, so loading one never
-runs code from it.
+both SentencePiece models (seq2seq.core.checkpoint). One `Translator` serves many calls
+with one network; each call may bring its own `SearchSettings`.
 """
 
 from __future__ import annotations
 
-import pickle
 import warnings
-import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,55 +15,14 @@ from pathlib import Path
 
 import torch
 
+from seq2seq.core.checkpoint import load_checkpoint, load_network
+from seq2seq.core.model import Seq2Seq
+from seq2seq.core.search import Hypothesis, SearchSettings, beam_search, greedy_search
+from seq2seq.core.tokenizer import EOS_ID, MAX_PIECE_LENGTH, Tokenizer
 from seq2seq.errors import Seq2SeqError
-from seq2seq.model import ModelConfig, Seq2Seq
-from seq2seq.search import Hypothesis, beam_search, greedy_search
-from seq2seq.tokenizer import EOS_ID, MAX_PIECE_LENGTH, Tokenizer
 
-CHECKPOINT_FORMAT = (
-    1  # the version of the `seq2seq` section that training writes and this module reads
-)
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """The checkpoint dict, refusing anything that is not a readable seq2seq checkpoint."""
-    path = Path(path)
-    if not path.is_file():
-        raise Seq2SeqError(
-            f"checkpoint {path} does not exist: train a model first (make train) or pass CKPT=path"
-        )
-    try:
-        is_archive = zipfile.is_zipfile(path)  # torch.save writes a zip archive
-    except OSError as error:
-        raise Seq2SeqError(f"cannot read checkpoint {path}: {error.strerror or error}") from None
-    if not is_archive:
-        raise Seq2SeqError(
-            f"checkpoint {path} is truncated or corrupted (not the zip archive torch.save writes)"
-        )
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise Seq2SeqError(
-            f"checkpoint {path} was refused: it holds objects other than tensors and plain data "
-            f"({str(error).splitlines()[0][:200]}); only load checkpoints you trust with other "
-            "tools"
-        ) from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
-        raise Seq2SeqError(
-            f"checkpoint {path} is truncated or corrupted ({str(error).splitlines()[0][:200]})"
-        ) from None
-    info = checkpoint.get("seq2seq") if isinstance(checkpoint, dict) else None
-    if not isinstance(info, dict) or "state_dict" not in checkpoint:
-        raise Seq2SeqError(f"{path} is not a seq2seq checkpoint (no 'seq2seq' section)")
-    if info.get("format_version") != CHECKPOINT_FORMAT:
-        raise Seq2SeqError(
-            f"checkpoint {path} has format version {info.get('format_version')}, this seq2seq "
-            f"reads version {CHECKPOINT_FORMAT}: use the seq2seq release that wrote it"
-        )
-    return checkpoint
-
-
-PRECISIONS = ("fp32", "bf16", "int8")
+PRECISIONS = ("fp32", "bf16", "int8")  # the first is the default
+BATCH_SIZE = 64  # sentences searched together unless a call says otherwise
 
 
 def quantize_int8(net: Seq2Seq) -> torch.nn.Module:
@@ -85,47 +42,6 @@ def quantize_int8(net: Seq2Seq) -> torch.nn.Module:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return torch.ao.quantization.quantize_dynamic(net, layers, dtype=torch.qint8)
-
-
-@dataclass(frozen=True)
-class SearchSettings:
-    """How to search: `beam_size` 1 is greedy search.
-
-    Attributes:
-        beam_size: hypotheses kept per sentence (1: greedy).
-        alpha: GNMT length penalty of beam search (0: rank by log-probability alone).
-        beta: GNMT coverage penalty of beam search (0: none); 0.3 was the best of 0-0.4 on
-            Multi30k and Tatoeba validation (BENCHMARKS.md).
-        nbest: hypotheses returned per sentence, best first (at most `beam_size`).
-        max_length_ratio: output cap in target tokens per source token; None: the
-            checkpoint's training setting.
-    """
-
-    beam_size: int = 1
-    alpha: float = 0.6
-    beta: float = 0.3
-    nbest: int = 1
-    max_length_ratio: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.beam_size < 1:
-            raise Seq2SeqError(f"beam size must be at least 1, got {self.beam_size}")
-        if not 1 <= self.nbest <= self.beam_size:
-            raise Seq2SeqError(
-                f"--nbest {self.nbest} needs a beam at least as wide: use --beam-size "
-                f"{max(self.nbest, 1)} or more"
-            )
-        if self.beta < 0:
-            raise Seq2SeqError(
-                "a negative coverage penalty would reward dropping source words: use --beta 0 or "
-                f"more, got {self.beta}"
-            )
-        if self.max_length_ratio is not None and self.max_length_ratio <= 0:
-            raise Seq2SeqError(f"max length ratio must be positive, got {self.max_length_ratio}")
-
-    def describe(self) -> str:
-        """A short name for file names and reports: `greedy` or `beam5`."""
-        return "greedy" if self.beam_size == 1 else f"beam{self.beam_size}"
 
 
 @dataclass(frozen=True)
@@ -167,13 +83,12 @@ class Translator:
         net: Seq2Seq,
         source_tokenizer: Tokenizer,
         target_tokenizer: Tokenizer,
-        max_length_ratio: float = 2.0,
         corpus: dict | None = None,
         search: SearchSettings = SearchSettings(),
-        precision: str = "fp32",
+        precision: str = PRECISIONS[0],
         workers: int | None = None,
     ) -> None:
-        """`max_length_ratio` is the training setting, used unless `search` overrides it.
+        """`search`: the settings of calls that bring none.
 
         `precision`: fp32; bf16 (autocast: for GPUs and CPUs with AMX/AVX512-BF16); or int8
         (dynamic quantization of the linear and GRU layers, CPU only).
@@ -192,7 +107,6 @@ class Translator:
         self.source_tokenizer = source_tokenizer
         self.target_tokenizer = target_tokenizer
         self.corpus = corpus or {}
-        self.training_max_length_ratio = max_length_ratio
         self.check_search(search)
         self.search = search
 
@@ -208,11 +122,6 @@ class Translator:
                 f"sentence, more than the model's {self.target_tokenizer.vocab_size} target "
                 f"tokens: use --beam-size {self.max_beam_size} or less"
             )
-
-    @property
-    def max_length_ratio(self) -> float:
-        """The output cap of the default search (its own, else the training setting)."""
-        return self.search.max_length_ratio or self.training_max_length_ratio
 
     @property
     def device(self) -> torch.device:
@@ -232,25 +141,11 @@ class Translator:
         path: str | Path,
         device: str | None = None,
         search: SearchSettings = SearchSettings(),
-        precision: str = "fp32",
+        precision: str = PRECISIONS[0],
         workers: int | None = None,
     ) -> Translator:
         checkpoint = load_checkpoint(path)
-        info = checkpoint["seq2seq"]
-        source_tokenizer = Tokenizer(info["source_tokenizer"])
-        target_tokenizer = Tokenizer(info["target_tokenizer"])
-        net = Seq2Seq(
-            source_tokenizer.vocab_size,
-            target_tokenizer.vocab_size,
-            ModelConfig.from_dict(info["network"]),
-        )
-        weights = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items()}
-        try:
-            net.load_state_dict(weights)
-        except RuntimeError as error:
-            raise Seq2SeqError(
-                f"checkpoint {path} weights do not fit its network settings: {str(error)[:300]}"
-            ) from None
+        net, source_tokenizer, target_tokenizer = load_network(checkpoint, path)
         device = device or ("cuda" if torch.cuda.is_available() and precision != "int8" else "cpu")
         if precision == "int8" and device != "cpu":
             raise Seq2SeqError(
@@ -260,14 +155,13 @@ class Translator:
             net.to(device),
             source_tokenizer,
             target_tokenizer,
-            info["max_length_ratio"],
-            info["corpus"],
+            checkpoint["seq2seq"]["corpus"],
             search,
             precision,
             workers,
         )
 
-    def translate(self, lines: Sequence[str], batch_size: int = 64) -> list[str]:
+    def translate(self, lines: Sequence[str], batch_size: int = BATCH_SIZE) -> list[str]:
         """One output line per input line (the best hypothesis); a blank line gives an empty
         line."""
         return [t.text for t in self.translate_detailed(lines, batch_size)]
@@ -275,7 +169,7 @@ class Translator:
     def translate_detailed(
         self,
         lines: Sequence[str],
-        batch_size: int = 64,
+        batch_size: int = BATCH_SIZE,
         progress: Callable[[int], None] | None = None,
         search: SearchSettings | None = None,
     ) -> list[Translation]:
@@ -285,7 +179,7 @@ class Translator:
     def translate_encoded(
         self,
         sources: Sequence[EncodedLine],
-        batch_size: int = 64,
+        batch_size: int = BATCH_SIZE,
         progress: Callable[[int], None] | None = None,
         search: SearchSettings | None = None,
     ) -> list[Translation]:
@@ -312,9 +206,8 @@ class Translator:
                 nbests[index] = nbest
             if progress:
                 progress(len(chunk))
-        texts = iter(
-            self.target_tokenizer.decode([h.tokens for nbest in nbests for h in nbest])
-        )  # one call for all
+        # one call for all
+        texts = iter(self.target_tokenizer.decode([h.tokens for nbest in nbests for h in nbest]))
         return [
             Translation([next(texts) for _ in nbest], nbest, line.ids, line.truncated)
             for nbest, line in zip(nbests, sources)
@@ -355,9 +248,8 @@ class Translator:
         if workers <= 1:
             yield from (self._search(batch, search) for batch in batches)
             return
-        threads = max(
-            1, torch.get_num_threads() // workers
-        )  # set per worker thread: OpenMP's count is per thread
+        # set per worker thread: OpenMP's count is per thread
+        threads = max(1, torch.get_num_threads() // workers)
         with ThreadPoolExecutor(
             workers, initializer=torch.set_num_threads, initargs=(threads,)
         ) as pool:
@@ -366,9 +258,8 @@ class Translator:
     @torch.no_grad()
     def _search(self, batch_ids: list[list[int]], search: SearchSettings) -> list[list[Hypothesis]]:
         lengths = torch.tensor([len(ids) for ids in batch_ids])
-        source = torch.zeros(
-            len(batch_ids), int(lengths.max()), dtype=torch.long
-        )  # (B, S), PAD_ID = 0
+        # (B, S), PAD_ID = 0
+        source = torch.zeros(len(batch_ids), int(lengths.max()), dtype=torch.long)
         for row, ids in enumerate(batch_ids):
             source[row, : len(ids)] = torch.tensor(ids)
         source, lengths = source.to(self.device), lengths.to(self.device)
@@ -378,19 +269,9 @@ class Translator:
     def _run_search(
         self, source: torch.Tensor, lengths: torch.Tensor, search: SearchSettings
     ) -> list[list[Hypothesis]]:
-        max_length_ratio = search.max_length_ratio or self.training_max_length_ratio
         if search.beam_size == 1:
-            return [[h] for h in greedy_search(self.net, source, lengths, max_length_ratio)]
-        return beam_search(
-            self.net,
-            source,
-            lengths,
-            search.beam_size,
-            search.alpha,
-            search.beta,
-            search.nbest,
-            max_length_ratio,
-        )
+            return [[h] for h in greedy_search(self.net, source, lengths, search)]
+        return beam_search(self.net, source, lengths, search)
 
     def source_pieces(self, translation: Translation) -> list[str]:
         """The source subwords the model read, eos included (attention's columns)."""

@@ -19,9 +19,10 @@ from sacrebleu.metrics import BLEU, CHRF, TER
 from sacrebleu.metrics.bleu import BLEUScore
 
 from seq2seq.atomic import write_lines
+from seq2seq.core.search import SearchSettings
+from seq2seq.core.translate import BATCH_SIZE, PRECISIONS, Translator
 from seq2seq.corpora import Example, open_corpus, read_lines
 from seq2seq.errors import Seq2SeqError
-from seq2seq.translate import SearchSettings, Translator
 
 
 @dataclass
@@ -180,9 +181,9 @@ def evaluate_checkpoint(
     checkpoint: str | Path,
     split: str | None = None,
     mirror: str | None = None,
-    batch_size: int = 64,
+    batch_size: int = BATCH_SIZE,
     search: SearchSettings = SearchSettings(),
-    precision: str = "fp32",
+    precision: str = PRECISIONS[0],
     workers: int | None = None,
 ) -> Report:
     """Translate split(s) of the model's corpus and score them.
@@ -223,7 +224,6 @@ def evaluate_checkpoint(
         {
             "name": search.describe(),
             **asdict(search),
-            "max_length_ratio": translator.max_length_ratio,
             "precision": precision,
         },
         translator.corpus,

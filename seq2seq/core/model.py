@@ -15,9 +15,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from seq2seq.attention import Attn
+from seq2seq.core.attention import Attn
+from seq2seq.core.tokenizer import PAD_ID
 from seq2seq.errors import Seq2SeqError
-from seq2seq.tokenizer import PAD_ID
 
 
 @dataclass(frozen=True)
@@ -127,9 +127,8 @@ class Encoder(nn.Module):
             embedded, source_lengths.cpu(), batch_first=True, enforce_sorted=False
         )
         outputs, last = self.rnn(packed)  # last: (layers * 2, B, H)
-        states, _ = pad_packed_sequence(
-            outputs, batch_first=True, total_length=source.size(1)
-        )  # (B, S, 2H)
+        # (B, S, 2H)
+        states, _ = pad_packed_sequence(outputs, batch_first=True, total_length=source.size(1))
         final = torch.cat((last[-2], last[-1]), dim=-1)  # (B, 2H): top layer, both directions
         return states, final
 
@@ -173,9 +172,10 @@ class Decoder(nn.Module):
 
     def initial_state(self, memory: Tensor, final: Tensor, source_mask: Tensor) -> DecoderState:
         batch = final.size(0)
+        # (L, B, D)
         hidden = (
             torch.tanh(self.bridge(final)).view(batch, self.layers, -1).transpose(0, 1).contiguous()
-        )  # (L, B, D)
+        )
         return DecoderState(hidden, memory, self.attention.project_keys(memory), source_mask)
 
     def forward(self, state: DecoderState, previous: Tensor) -> tuple[Tensor, Tensor, DecoderState]:
@@ -190,10 +190,11 @@ class Decoder(nn.Module):
         rows, steps = previous.shape  # rows = B * beams
         embedded = self.dropout(self.embedding(previous))  # (B * beams, T, E)
         outputs, hidden = self.rnn(embedded, state.hidden)  # (B * beams, T, D)
+        # a sentence's beams query its memory together
         per_sentence = (
             state.memory.size(0),
             state.beams * steps,
-        )  # a sentence's beams query its memory together
+        )
         keys = (
             embedded.reshape(*per_sentence, -1) if self.attention.rule == "concat" else state.keys
         )
@@ -201,11 +202,12 @@ class Decoder(nn.Module):
             outputs.reshape(*per_sentence, -1), keys, state.memory, state.source_mask
         )
         state = DecoderState(hidden, state.memory, state.keys, state.source_mask, state.beams)
+        # (B * beams, T, O), (B * beams, T, S)
         return (
             attended.view(rows, steps, -1),
             weights.view(rows, steps, -1),
             state,
-        )  # (B * beams, T, O), (B * beams, T, S)
+        )
 
     def project(self, features: Tensor) -> Tensor:
         """The output layer: features (..., O) to logits (..., V)."""

@@ -20,9 +20,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Sampler
 
 from seq2seq.atomic import atomic_write
+from seq2seq.core.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer, train_tokenizer
 from seq2seq.corpora import Corpus, Example, open_corpus, training_pairs
 from seq2seq.errors import Seq2SeqError
-from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer, train_tokenizer
 
 log = logging.getLogger(__name__)
 

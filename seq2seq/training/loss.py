@@ -1,11 +1,10 @@
 """Label-smoothed cross-entropy whose gradient is computed in the forward pass, in slices.
 
 `F.cross_entropy(..., label_smoothing=...)` makes about eight passes over the (N, V)
-logits between forward and backward, each through main memory: on a 2-core CPU, with
-N ≈ 1,100 target tokens and V = 8,000, that was a fifth of a training step. The
-gradient of this loss has a closed form, softmax - (1 - ε) one_hot - ε / V, so one
-slice of rows at a time (small enough to stay in cache) gives both the loss and the
-gradient, which backward then only scales.
+logits between forward and backward, each through main memory, a large share of a CPU
+training step at this model's sizes. The gradient of this loss has a closed form,
+softmax - (1 - ε) one_hot - ε / V, so one slice of rows at a time (small enough to stay
+in cache) gives both the loss and the gradient, which backward then only scales.
 """
 
 from __future__ import annotations

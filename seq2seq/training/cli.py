@@ -27,11 +27,11 @@ from jsonargparse import Namespace
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
-from seq2seq.checkpointing import AtomicCheckpointIO, LastCheckpoint
-from seq2seq.data import TranslationDataModule
+from seq2seq.core.checkpoint import load_checkpoint
 from seq2seq.errors import Seq2SeqError
-from seq2seq.training import TranslationModule
-from seq2seq.translate import load_checkpoint
+from seq2seq.training.callbacks import AtomicCheckpointIO, LastCheckpoint
+from seq2seq.training.data import TranslationDataModule
+from seq2seq.training.module import TranslationModule
 
 UNKNOWN_KEY_PATTERNS = (
     re.compile(r"unrecognized arguments: --(?P<key>[\w.]+)"),
@@ -96,9 +96,8 @@ class TrainingCLI(LightningCLI):
                 "early_stopping.check_on_train_epoch_end": False,
             }
         )
-        parser.add_lightning_class_args(
-            LastCheckpoint, "last_checkpoint"
-        )  # after "checkpoint": sees the new best
+        # after "checkpoint": sees the new best
+        parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
         parser.link_arguments(
             ("checkpoint_dir", "run_name"), "checkpoint.dirpath", compute_fn=run_folder
         )
@@ -145,10 +144,7 @@ class TrainingCLI(LightningCLI):
         if config.cpu_max_time and config.trainer.max_time is None and not on_gpu:
             config.trainer.max_time = config.cpu_max_time
         if not on_gpu and "bf16" in str(config.trainer.precision) and not cpu_has_bf16():
-            print(
-                "This CPU has no bf16 instructions (AVX512-BF16 or AMX): training in 32-true "
-                "instead of bf16-mixed"
-            )
+            print(f"{NO_BF16_CPU}: training in 32-true instead of bf16-mixed")
             config.trainer.precision = "32-true"
 
 
@@ -195,6 +191,9 @@ def config_error(message: str, valid_keys: list[str]) -> Seq2SeqError:
     return Seq2SeqError(f"bad training arguments: {' '.join(message.split())}")
 
 
+NO_BF16_CPU = "This CPU has no bf16 instructions (AVX512-BF16 or AMX)"
+
+
 def cpu_has_bf16() -> bool:
     """Whether bf16 matrix products run natively here (otherwise they are emulated, slowly)."""
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
@@ -221,10 +220,11 @@ def build_cli(argv: Sequence[str]) -> TrainingCLI:
         run=False,
         seed_everything_default=1234,
         save_config_kwargs={"overwrite": True},
+        # --trainer.max_epoch is a typo, not max_epochs
         parser_kwargs={
             "exit_on_error": False,
             "allow_abbrev": False,
-        },  # --trainer.max_epoch is a typo, not max_epochs
+        },
     )
 
 

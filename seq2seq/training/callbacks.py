@@ -13,16 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import Checkpoint
 
-from seq2seq.atomic import atomic_write
+from seq2seq.core.checkpoint import save_checkpoint
 from seq2seq.errors import Seq2SeqError
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """`torch.save` to a temporary file in the same folder, fsync, then rename over the target."""
+    """Writes through `seq2seq.core.checkpoint.save_checkpoint`: beside the target, then renamed."""
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None
@@ -31,15 +30,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(
                 f"{type(self).__name__} takes no storage_options, got {storage_options!r}"
             )
-        try:
-            with atomic_write(path) as out:
-                torch.save(checkpoint, out)
-        except OSError as error:
-            raise Seq2SeqError(
-                f"could not write checkpoint {path} ({error.strerror or error}); the previous "
-                f"{Path(path).name}, if any, is intact. Free disk space and run the same command "
-                "again to resume from the run's last.ckpt"
-            ) from None
+        save_checkpoint(checkpoint, path)
 
 
 class LastCheckpoint(Checkpoint):
