@@ -147,8 +147,12 @@ def tiny_server(tiny_checkpoint, tmp_path_factory) -> Iterator[RunningServer]:
 
 @pytest.fixture(scope="session")
 def tiny_server_with_key(tiny_checkpoint, tmp_path_factory) -> Iterator[RunningServer]:
-    """The tiny model served with an API key (from SEQ2SEQ_API_KEY)."""
+    """The tiny model served with an API key (from SEQ2SEQ_API_KEY), on one torch thread."""
     with running_server(
-        [tiny_checkpoint], tmp_path_factory.mktemp("serve") / "server.log", api_key="test-key-123"
+        [tiny_checkpoint],
+        tmp_path_factory.mktemp("serve") / "server.log",
+        "--threads",
+        "1",
+        api_key="test-key-123",
     ) as server:
         yield server

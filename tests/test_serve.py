@@ -16,6 +16,8 @@ import torch
 
 from seq2seq.core.search import SearchSettings
 from seq2seq.core.translate import Translator
+from seq2seq.errors import Seq2SeqError
+from seq2seq.serving.limits import ServeLimits
 from tests.conftest import running_server
 
 pytestmark = pytest.mark.slow
@@ -561,3 +563,9 @@ def test_serving_and_translating_never_import_lightning(tiny_checkpoint):
 def test_the_key_is_checked_before_the_body(tiny_server_with_key):
     answer = raw(tiny_server_with_key, "/v1/translate", b'{"text": 5, "beam": 1}')
     assert answer.status_code == 401
+
+
+def test_threads_sets_the_translation_threads_and_is_checked(tiny_server_with_key):
+    assert "1 torch threads" in tiny_server_with_key.log.read_text()
+    with pytest.raises(Seq2SeqError, match="--threads must be 0"):
+        ServeLimits(threads=-1)

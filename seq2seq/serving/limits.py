@@ -50,6 +50,11 @@ class ServeLimits:
         "batches",
     )
     batching: bool = limit(True, "False: one request at a time (the load benchmark's baseline)")
+    threads: int = limit(
+        0,
+        "torch threads translating (0: torch's default, one per core); fewer leave a core to the "
+        "event loop's HTTP and JSON work, which can pay on a small CPU under load",
+    )
 
     def __post_init__(self) -> None:
         for name in (
@@ -73,3 +78,5 @@ class ServeLimits:
             raise Seq2SeqError(f"--timeout-seconds must be positive, got {self.timeout_seconds}")
         if self.batch_wait_ms < 0:
             raise Seq2SeqError(f"--batch-wait-ms must be 0 or more, got {self.batch_wait_ms}")
+        if self.threads < 0:
+            raise Seq2SeqError(f"--threads must be 0 (torch's default) or more, got {self.threads}")

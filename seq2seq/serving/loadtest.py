@@ -346,19 +346,11 @@ def save(results: ServeBenchResults, output: Path, command: str) -> None:
     The rest of both files is `seq2seq bench`'s: the section sits above its latest-run
     marker (which rewrites everything below it), and the JSON keeps its other entries.
     """
-    from seq2seq.training.bench import LATEST_RUN_MARKER
+    from seq2seq.training.bench import replace_section
 
-    summary, figures = output.with_suffix(".md"), output.with_suffix(".json")
-    section = f"{SECTION_START}\n\n{markdown(results, command)}\n\n{SECTION_END}"
-    text = summary.read_text() if summary.is_file() else ""
-    if SECTION_START in text and SECTION_END in text:
-        before, rest = text.split(SECTION_START, 1)
-        text = before + section + rest.split(SECTION_END, 1)[1]
-    elif LATEST_RUN_MARKER in text:
-        before, after = text.split(LATEST_RUN_MARKER, 1)
-        text = f"{before}{section}\n\n{LATEST_RUN_MARKER}{after}"
-    else:
-        text = f"{text}\n{section}\n" if text else f"{section}\n"
-    write_lines(summary, [text.rstrip("\n")])
+    replace_section(
+        output.with_suffix(".md"), SECTION_START, SECTION_END, markdown(results, command)
+    )
+    figures = output.with_suffix(".json")
     report = json.loads(figures.read_text()) if figures.is_file() else {}
     write_lines(figures, [json.dumps({**report, "serve": asdict(results)}, indent=2)])

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 import uvicorn
 
 from seq2seq.core.search import SearchSettings
@@ -34,15 +35,18 @@ def serve(
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if limits.threads:
+        torch.set_num_threads(limits.threads)
     models = load_models(checkpoints, search, precision, limits, device, workers)
     for model in models:
         log.info(
-            "model %d %r: %s→%s, %s",
+            "model %d %r: %s→%s, %s, %d torch threads",
             model.id,
             model.name,
             model.source_language,
             model.target_language,
             model.translator.precision,
+            torch.get_num_threads(),
         )
     if api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s without --api-key: anyone who can reach it can use it", host)
