@@ -176,6 +176,23 @@ def build_parser() -> argparse.ArgumentParser:
             "(int8: the fastest on CPUs)"
         ),
     )
+    bench.add_argument(
+        "--peer",
+        metavar="SUMMARY",
+        help="compare with OpenNMT-py instead: the summary.txt of "
+        "../shared/peers/opennmt-py/run.sh on this machine, beside `seq2seq translate` timed the "
+        "same way (its own section)",
+    )
+    bench.add_argument(
+        "--peer-greedy",
+        metavar="COMMAND",
+        help="with --peer: a shell command translating the peer's 5,000 lines greedily, timed "
+        "alternately with ours (default: the summary's figure)",
+    )
+    bench.add_argument("--peer-beam5", metavar="COMMAND", help="with --peer: the same for beam 5")
+    bench.add_argument(
+        "--repeats", type=int, default=3, help="with --peer: timed runs per search and side"
+    )
     bench.set_defaults(run=run_bench)
 
     serve = commands.add_parser(
@@ -472,6 +489,9 @@ def run_bench(args: argparse.Namespace) -> None:
     if args.serve:
         run_serve_bench(args, command.strip())
         return
+    if args.peer:
+        run_peer_bench(args, command.strip())
+        return
     from seq2seq.training.bench import default_checkpoint, run_bench, save
 
     checkpoint = args.checkpoint or default_checkpoint(args.config)
@@ -486,6 +506,23 @@ def run_bench(args: argparse.Namespace) -> None:
     )
     save(results, Path(args.output), args.config, checkpoint, command.strip())
     print(f"Wrote {args.output}.md and {args.output}.json")
+
+
+def run_peer_bench(args: argparse.Namespace, command: str) -> None:
+    from seq2seq.training.bench import default_checkpoint
+    from seq2seq.training.peer import run_peer_comparison, save
+
+    peer_commands = {"greedy": args.peer_greedy, "beam5": args.peer_beam5}
+    comparison = run_peer_comparison(
+        Path(args.peer),
+        args.checkpoint or default_checkpoint(args.config),
+        Path(args.output).with_suffix(".json"),
+        args.repeats,
+        {search: command for search, command in peer_commands.items() if command},
+        args.mirror,
+    )
+    save(comparison, Path(args.output), command)
+    print(f"Wrote the peer section of {args.output}.md and {args.output}.json")
 
 
 def run_serve_bench(args: argparse.Namespace, command: str) -> None:

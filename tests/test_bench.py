@@ -2,11 +2,15 @@
 
 import json
 
+import pytest
+
 import seq2seq.training.bench
 from seq2seq.core.evaluate import load_split, score
 from seq2seq.core.translate import Translator
+from seq2seq.errors import Seq2SeqError
 from seq2seq.training.bench import (
     LATEST_RUN_MARKER,
+    machine,
     native_bf16,
     run_bench,
     save,
@@ -130,3 +134,90 @@ def test_serve_bench_drives_both_servers_and_writes_its_own_section(
     assert "| fp32 | 4 | on |" in markdown and "| fp32 | 4 | off |" in markdown
     report = json.loads((tmp_path / "BENCH.json").read_text())
     assert report["training"] == [1] and len(report["serve"]["load"]) == 4
+
+
+# The lines of a summary.txt that the comparison reads, as the peer's summarize.py prints them.
+PEER_SUMMARY = "\n".join(
+    [
+        "== training ==",
+        "OpenNMT 'tok/s' (tgt) over 24 log windows: mean 1398, min 1200, max 1500; "
+        "without window 1: mean 1452",
+        "peak RSS (train): 2150 MiB",
+        "== test_2016_flickr (1000 sentences, batch 64 sents) ==",
+        "[greedy] sacreBLEU 28.02 (28.02 60.1/34.0/21.0/13.5) | -lc 28.9 | chrF2 55.0",
+        "[greedy] OpenNMT 'Total translation time' 5.0 s -> 200.0 sent/s (2400 out tok/s); "
+        "whole process 9.0 s -> 111.1 sent/s; peak RSS 900 MiB",
+        "[beam5] sacreBLEU 29.91 (29.91 61.0/35.0/22.0/14.0) | -lc 30.8 | chrF2 56.0",
+        "[beam5] OpenNMT 'Total translation time' 15.4 s -> 64.9 sent/s (780 out tok/s); "
+        "whole process 19.0 s -> 52.6 sent/s; peak RSS 950 MiB",
+        "greedy 172.5 sent/s whole process, 5,000 lines",
+        "beam5 65.0 sent/s whole process, 5,000 lines",
+    ]
+)
+
+
+def test_peer_comparison_reads_the_summary_times_both_sides_and_writes_its_section(
+    tiny_checkpoint, mirror, tmp_path
+):
+    from seq2seq.training.peer import SECTION_START, read_peer_summary, run_peer_comparison
+    from seq2seq.training.peer import save as save_peer
+
+    summary = tmp_path / "summary.txt"
+    summary.write_text(PEER_SUMMARY)
+    assert read_peer_summary(summary) == {
+        "train_target_tokens_per_second": 1452,
+        "train_peak_rss_mb": 2150,
+        "bleu_greedy": 28.02,
+        "bleu_beam5": 29.91,
+        "translate_peak_rss_mb": 950,
+        "greedy_sentences_per_second": 172.5,
+        "beam5_sentences_per_second": 65.0,
+    }
+    bench = tmp_path / "BENCH.json"
+    training = [
+        {"precision": "32-true", "target_tokens_per_second": 3000.0, "peak_memory_mb": 800.0}
+    ]
+    bench.write_text(json.dumps({"machine": machine(), "training": training}))
+    comparison = run_peer_comparison(
+        summary,
+        str(tiny_checkpoint),
+        bench,
+        repeats=2,
+        peer_commands={"greedy": "sleep 0.2"},  # stands in for the peer's onmt_translate
+        mirror=str(mirror),
+        split="test",
+        sentences=20,
+    )
+    sides = [(run.side, run.search) for run in comparison.runs]
+    assert sides == [("seq2seq", "greedy"), ("OpenNMT-py", "greedy"), ("seq2seq", "beam5")] * 2
+    assert all(run.lines == 100 and run.seconds > 0 for run in comparison.runs)
+    assert comparison.peak_rss("seq2seq") > 100  # a translating process holds torch and the model
+
+    translator = Translator.from_checkpoint(tiny_checkpoint, "cpu")
+    examples = load_split(translator, "test", str(mirror))["test"][:20]
+    expected = score(
+        translator.translate([e.source for e in examples]), [e.references for e in examples]
+    )[0].score
+    assert comparison.bleu["greedy"] == pytest.approx(expected)
+
+    (tmp_path / "BENCH.md").write_text("# Benchmarks\n\n" + LATEST_RUN_MARKER + "\n\nlatest\n")
+    for _ in range(2):
+        save_peer(comparison, tmp_path / "BENCH", "seq2seq bench --peer summary.txt")
+    markdown = (tmp_path / "BENCH.md").read_text()
+    assert markdown.count(SECTION_START) == 1
+    assert markdown.index(SECTION_START) < markdown.index(LATEST_RUN_MARKER)
+    assert "(alternated with ours)" in markdown and "(from its summary)" in markdown
+    assert "| training target tokens/s, 32-true | 1,452 | 3,000 | 2.07× |" in markdown
+    report = json.loads(bench.read_text())
+    assert report["training"] == training and len(report["peer"]["runs"]) == 6
+
+
+def test_a_partial_peer_summary_names_the_missing_line(tmp_path):
+    from seq2seq.training.peer import read_peer_summary
+
+    summary = tmp_path / "summary.txt"
+    summary.write_text(PEER_SUMMARY.replace("peak RSS (train)", "peak memory"))
+    with pytest.raises(Seq2SeqError, match=r"train_peak_rss_mb.*complete run.sh run"):
+        read_peer_summary(summary)
+    with pytest.raises(Seq2SeqError, match="run.sh first"):
+        read_peer_summary(tmp_path / "missing.txt")

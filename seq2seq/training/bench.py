@@ -441,25 +441,43 @@ def markdown(results: BenchResults, config: str, checkpoint: str | None, command
 LATEST_RUN_MARKER = "<!-- make bench rewrites everything below this line; write above it -->"
 
 
+def replace_section(summary: Path, start: str, end: str, body: str) -> None:
+    """Put `body` between the markers `start` and `end` of `summary`, in place of what was there.
+
+    A new section goes just above `LATEST_RUN_MARKER` (whose part `make bench` rewrites), or
+    at the end of a file without it.
+    """
+    section = f"{start}\n\n{body}\n\n{end}"
+    text = summary.read_text() if summary.is_file() else ""
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        text = before + section + rest.split(end, 1)[1]
+    elif LATEST_RUN_MARKER in text:
+        before, after = text.split(LATEST_RUN_MARKER, 1)
+        text = f"{before}{section}\n\n{LATEST_RUN_MARKER}{after}"
+    else:
+        text = f"{text}\n{section}\n" if text else f"{section}\n"
+    write_lines(summary, [text.rstrip("\n")])
+
+
 def save(
     results: BenchResults, output: Path, config: str, checkpoint: str | None, command: str
 ) -> None:
     """`<output>.md` (a summary to read) and `<output>.json` (every figure).
 
-    The markdown keeps whatever precedes `LATEST_RUN_MARKER` (the curated history of
-    figures, before and after each change) and replaces what follows with this run; the
-    JSON keeps the `serve` entry of `seq2seq bench --serve`.
+    The markdown keeps whatever precedes `LATEST_RUN_MARKER` (the curated figures and the
+    sections of `--serve` and `--peer`) and replaces what follows with this run; the JSON
+    keeps the entries of `--serve` and `--peer`.
     """
     summary, figures = output.with_suffix(".md"), output.with_suffix(".json")
     kept = summary.read_text().split(LATEST_RUN_MARKER)[0] if summary.is_file() else ""
     write_lines(
         summary, [kept + LATEST_RUN_MARKER, "", markdown(results, config, checkpoint, command)]
     )
-    # `seq2seq bench --serve`'s
-    serve = json.loads(figures.read_text()).get("serve") if figures.is_file() else None
-    write_lines(
-        figures, [json.dumps({**asdict(results), **({"serve": serve} if serve else {})}, indent=2)]
-    )
+    report = asdict(results)
+    previous = json.loads(figures.read_text()) if figures.is_file() else {}
+    others = {key: value for key, value in previous.items() if key not in report}
+    write_lines(figures, [json.dumps({**report, **others}, indent=2)])
 
 
 def check_precisions(precisions: list[str]) -> None:
