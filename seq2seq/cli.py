@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -470,27 +471,26 @@ def run_serve(args: argparse.Namespace) -> None:
     )
     serve(
         args.checkpoint,
-        args.host,
-        args.port,
-        args.api_key,
-        search_settings(args),
-        args.precision,
-        limits,
-        args.device,
-        args.workers,
-        args.access_log,
+        host=args.host,
+        port=args.port,
+        api_key=args.api_key,
+        search=search_settings(args),
+        precision=args.precision,
+        limits=limits,
+        device=args.device,
+        workers=args.workers,
+        access_log=args.access_log,
     )
 
 
 def run_bench(args: argparse.Namespace) -> None:
-    command = (
-        "seq2seq bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "seq2seq bench"
-    )
+    arguments = sys.argv[2:] if sys.argv[1:2] == ["bench"] else []
+    command = shlex.join(["seq2seq", "bench", *arguments])
     if args.serve:
-        run_serve_bench(args, command.strip())
+        run_serve_bench(args, command)
         return
     if args.peer:
-        run_peer_bench(args, command.strip())
+        run_peer_bench(args, command)
         return
     from seq2seq.training.bench import default_checkpoint, run_bench, save
 
@@ -504,7 +504,7 @@ def run_bench(args: argparse.Namespace) -> None:
         sentences=args.sentences,
         mirror=args.mirror,
     )
-    save(results, Path(args.output), args.config, checkpoint, command.strip())
+    save(results, Path(args.output), args.config, checkpoint, command)
     print(f"Wrote {args.output}.md and {args.output}.json")
 
 

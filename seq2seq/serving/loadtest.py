@@ -228,11 +228,11 @@ def offline_in_process(checkpoint: str, precision: str, sentences: Sequence[str]
 
 def run_serve_bench(
     checkpoint: str,
-    clients: Sequence[int] = (1, 4, 16, 64),
-    sentences: int = 1000,
-    time_limit: float = 60.0,
-    mirror: str | None = None,
-    precisions: Sequence[str] = ("fp32",),
+    clients: Sequence[int],
+    sentences: int,
+    time_limit: float,
+    mirror: str | None,
+    precisions: Sequence[str],
 ) -> ServeBenchResults:
     """Measure everything (see the module docstring) for each precision, printing each figure as it
     comes."""

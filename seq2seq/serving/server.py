@@ -10,7 +10,6 @@ import torch
 import uvicorn
 
 from seq2seq.core.search import SearchSettings
-from seq2seq.core.translate import PRECISIONS
 from seq2seq.serving.app import create_app
 from seq2seq.serving.limits import ServeLimits
 from seq2seq.serving.models import load_models
@@ -20,18 +19,21 @@ log = logging.getLogger("seq2seq.serve")
 
 def serve(
     checkpoints: Sequence[str | Path],
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    api_key: str | None = None,
-    search: SearchSettings = SearchSettings(),
-    precision: str = PRECISIONS[0],
-    limits: ServeLimits = ServeLimits(),
-    device: str | None = None,
-    workers: int | None = None,
-    access_log: bool = False,
+    *,
+    host: str,
+    port: int,
+    api_key: str | None,
+    search: SearchSettings,
+    precision: str,
+    limits: ServeLimits,
+    device: str | None,
+    workers: int | None,
+    access_log: bool,
 ) -> None:
     """Serve until stopped. The models load before the port opens, so a client that can
-    connect gets translations; on shutdown, requests already received are answered first."""
+    connect gets translations; on shutdown, requests already received are answered first.
+
+    Every setting comes from `seq2seq serve`'s options, whose defaults are the only ones."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -35,7 +35,7 @@ from seq2seq.atomic import write_lines
 from seq2seq.core.evaluate import load_split, score
 from seq2seq.core.search import SearchSettings
 from seq2seq.core.tokenizer import PAD_ID
-from seq2seq.core.translate import Translator
+from seq2seq.core.translate import BATCH_SIZE, Translator
 from seq2seq.errors import Seq2SeqError
 from seq2seq.training.cli import NO_BF16_CPU, TrainingCLI, build_cli, cpu_has_bf16, run_folder
 from seq2seq.training.data import Batch, TranslationDataModule
@@ -298,13 +298,13 @@ def run_bench(
     config: str,
     checkpoint: str | None,
     precisions: list[str],
-    warmup: int = 20,
-    steps: int = 100,
+    warmup: int,
+    steps: int,
+    sentences: int,
+    mirror: str | None,
     beam_size: int = 5,
-    batch_size: int = 64,
-    sentences: int = 1000,
+    batch_size: int = BATCH_SIZE,
     latency_sentences: int = 100,
-    mirror: str | None = None,
     device: str | None = None,
     overrides: Sequence[str] = (),
 ) -> BenchResults:
