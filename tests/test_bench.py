@@ -50,7 +50,7 @@ def test_bench_measures_training_and_translation_and_writes_both_reports(
     assert [(t.search, t.precision) for t in results.translation] == expected
     assert set(results.latency_ms) == {f"{search} {precision}" for search, precision in expected}
 
-    translator = Translator.from_checkpoint(tiny_checkpoint, "cpu")
+    translator = Translator.from_checkpoint(tiny_checkpoint, "cpu", precision="fp32")
     examples = next(iter(load_split(translator, None, str(mirror)).values()))[:40]
     expected = score(
         translator.translate([e.source for e in examples]), [e.references for e in examples]
@@ -88,9 +88,9 @@ def test_bench_measures_training_and_translation_and_writes_both_reports(
 
 
 def test_bench_skips_emulated_bf16_training(monkeypatch):
-    monkeypatch.setattr(seq2seq.training.bench, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(seq2seq.training.bench, "native_bf16", lambda device: False)
     assert trainable_precisions(["32-true", "bf16-mixed"], "cpu") == ["32-true"]
-    monkeypatch.setattr(seq2seq.training.bench, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(seq2seq.training.bench, "native_bf16", lambda device: True)
     assert trainable_precisions(["32-true", "bf16-mixed"], "cpu") == ["32-true", "bf16-mixed"]
 
 

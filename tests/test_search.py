@@ -8,7 +8,7 @@ import torch
 
 from seq2seq.core.search import SearchSettings, beam_search, coverage_penalty, greedy_search, top_k
 from seq2seq.core.tokenizer import BOS_ID, EOS_ID
-from seq2seq.core.translate import Translator
+from seq2seq.core.translate import Translator, native_bf16
 from seq2seq.errors import Seq2SeqError
 
 
@@ -97,11 +97,20 @@ def test_reduced_precision_translates_the_memorised_pairs_alike(
     tiny_checkpoint, sentences, precision
 ):
     memorised = sentences[:32]
-    full = Translator.from_checkpoint(tiny_checkpoint, "cpu").translate(memorised)
+    full = Translator.from_checkpoint(tiny_checkpoint, "cpu", precision="fp32").translate(memorised)
     reduced = Translator.from_checkpoint(tiny_checkpoint, "cpu", precision=precision).translate(
         memorised
     )
     assert sum(a == b for a, b in zip(full, reduced)) >= 28
+
+
+def test_the_default_precision_is_bf16_where_it_is_native(tiny_checkpoint, monkeypatch):
+    native = Translator.from_checkpoint(tiny_checkpoint, "cpu").precision
+    assert native == ("bf16" if native_bf16("cpu") else "fp32")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert Translator.from_checkpoint(tiny_checkpoint, "cpu").precision == "fp32"
+    assert Translator.from_checkpoint(tiny_checkpoint, "cpu", precision="bf16").precision == "bf16"
 
 
 def test_unknown_precision_is_named(tiny_checkpoint):

@@ -65,7 +65,7 @@ def test_v1_translate_answers_each_line_as_offline_translation_does(tiny_server,
         "source_language": "en",
         "target_language": "fr",
         "corpus": "tatoeba",
-        "precision": "fp32",
+        "precision": offline.precision,  # both resolve the default alike
         "search": {"beam_size": 1, "n_best": 1, "alpha": 0.6, "beta": 0.3},
     }
 

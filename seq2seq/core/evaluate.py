@@ -197,7 +197,7 @@ def evaluate_checkpoint(
         checkpoint, search=search, precision=precision, workers=workers
     )
     prefix = f"{checkpoint.stem}.{search.describe()}" + (
-        "" if precision == "fp32" else f".{precision}"
+        "" if precision in ("auto", "fp32") else f".{precision}"
     )
     results = []
     for name, examples in load_split(translator, split, mirror).items():
@@ -224,7 +224,7 @@ def evaluate_checkpoint(
         {
             "name": search.describe(),
             **asdict(search),
-            "precision": precision,
+            "precision": translator.precision,
         },
         translator.corpus,
         results,

@@ -35,9 +35,9 @@ from seq2seq.atomic import write_lines
 from seq2seq.core.evaluate import load_split, score
 from seq2seq.core.search import SearchSettings
 from seq2seq.core.tokenizer import PAD_ID
-from seq2seq.core.translate import BATCH_SIZE, Translator
+from seq2seq.core.translate import BATCH_SIZE, Translator, native_bf16
 from seq2seq.errors import Seq2SeqError
-from seq2seq.training.cli import NO_BF16_CPU, TrainingCLI, build_cli, cpu_has_bf16, run_folder
+from seq2seq.training.cli import NO_BF16_CPU, TrainingCLI, build_cli, run_folder
 from seq2seq.training.data import Batch, TranslationDataModule
 from seq2seq.training.module import TranslationModule
 
@@ -89,7 +89,7 @@ def machine() -> dict:
         "cpu": cpu,
         # e.g. AVX2 or AVX512: runs differ by it
         "cpu_vector_unit": torch.backends.cpu.get_cpu_capability(),
-        "cpu_native_bf16": cpu_has_bf16(),
+        "cpu_native_bf16": native_bf16("cpu"),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
@@ -131,12 +131,6 @@ def describe_peaks(peaks: dict[str, float]) -> str:
     """`fp32 170 GFLOP/s, bf16 401 GFLOP/s`, or `..., bf16 emulated (not measured)`."""
     measured = [f"{name} {gflops:,.0f} GFLOP/s" for name, gflops in peaks.items()]
     return ", ".join(measured + ([] if "bf16" in peaks else ["bf16 emulated (not measured)"]))
-
-
-def native_bf16(device: str) -> bool:
-    if device.startswith("cuda"):
-        return torch.cuda.is_bf16_supported()
-    return cpu_has_bf16()
 
 
 def trainable_precisions(precisions: list[str], device: str) -> list[str]:

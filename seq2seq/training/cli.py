@@ -28,6 +28,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from seq2seq.core.checkpoint import load_checkpoint
+from seq2seq.core.translate import native_bf16
 from seq2seq.errors import Seq2SeqError
 from seq2seq.training.callbacks import AtomicCheckpointIO, LastCheckpoint
 from seq2seq.training.data import TranslationDataModule
@@ -143,7 +144,7 @@ class TrainingCLI(LightningCLI):
         on_gpu = torch.cuda.is_available() and config.trainer.accelerator in ("auto", "gpu", "cuda")
         if config.cpu_max_time and config.trainer.max_time is None and not on_gpu:
             config.trainer.max_time = config.cpu_max_time
-        if not on_gpu and "bf16" in str(config.trainer.precision) and not cpu_has_bf16():
+        if not on_gpu and "bf16" in str(config.trainer.precision) and not native_bf16("cpu"):
             print(f"{NO_BF16_CPU}: training in 32-true instead of bf16-mixed")
             config.trainer.precision = "32-true"
 
@@ -192,12 +193,6 @@ def config_error(message: str, valid_keys: list[str]) -> Seq2SeqError:
 
 
 NO_BF16_CPU = "This CPU has no bf16 instructions (AVX512-BF16 or AMX)"
-
-
-def cpu_has_bf16() -> bool:
-    """Whether bf16 matrix products run natively here (otherwise they are emulated, slowly)."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
 def run_folder(checkpoint_dir: str, run_name: str) -> str:
