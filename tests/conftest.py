@@ -22,6 +22,24 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = ROOT / "configs" / "tiny.yaml"
 
 
+def tiny_train_args(checkpoints: Path, data_dir: Path, mirror: Path, *extra: str) -> list[str]:
+    """`seq2seq train` arguments: the tiny config, its run under `checkpoints`, the corpora from
+    the test mirror, no progress bar; `extra` after them."""
+    return [
+        "--config",
+        str(TINY_CONFIG),
+        "--checkpoint_dir",
+        str(checkpoints),
+        "--data.data_dir",
+        str(data_dir),
+        "--data.mirror",
+        str(mirror),
+        "--trainer.enable_progress_bar",
+        "false",
+        *extra,
+    ]
+
+
 @pytest.fixture(scope="session")
 def mirror() -> Path:
     """The corpus mirror: $SEQ2SEQ_DATA_MIRROR, else ../shared/data beside the checkout."""
@@ -43,20 +61,7 @@ def tiny_run(tmp_path_factory, data_dir, mirror) -> Path:
     from seq2seq.training.cli import train
 
     checkpoints = tmp_path_factory.mktemp("checkpoints")
-    train(
-        [
-            "--config",
-            str(TINY_CONFIG),
-            "--checkpoint_dir",
-            str(checkpoints),
-            "--data.data_dir",
-            str(data_dir),
-            "--data.mirror",
-            str(mirror),
-            "--trainer.enable_progress_bar",
-            "false",
-        ]
-    )
+    train(tiny_train_args(checkpoints, data_dir, mirror))
     return checkpoints / "tiny"
 
 

@@ -20,7 +20,7 @@ import torch
 from seq2seq.errors import Seq2SeqError
 from seq2seq.training.cli import build_cli
 from seq2seq.training.data import Batch, TokenBatchSampler, TranslationDataModule, share
-from tests.conftest import ROOT, TINY_CONFIG
+from tests.conftest import ROOT, TINY_CONFIG, tiny_train_args
 
 LENGTHS = [3 + (7 * i) % 40 for i in range(500)]
 
@@ -182,14 +182,7 @@ def ddp_train(
     }
     args = [
         "train",
-        "--config",
-        str(TINY_CONFIG),
-        "--checkpoint_dir",
-        str(checkpoints),
-        "--data.data_dir",
-        str(data_dir),
-        "--data.mirror",
-        str(mirror),
+        *tiny_train_args(checkpoints, data_dir, mirror),
         "--trainer.accelerator",
         "cpu",
         "--trainer.devices",
@@ -200,8 +193,6 @@ def ddp_train(
         "2",
         "--trainer.check_val_every_n_epoch",
         "2",  # one validation, at the end
-        "--trainer.enable_progress_bar",
-        "false",
         "--trainer.callbacks",
         json.dumps([callback]),
         "--model.network.dropout",

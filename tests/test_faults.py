@@ -21,25 +21,12 @@ from seq2seq.errors import Seq2SeqError
 from seq2seq.training.callbacks import AtomicCheckpointIO
 from seq2seq.training.data import EncodedPair, ResumableDataLoader, TokenBatchSampler, collate
 from seq2seq.training.module import assert_finite
-from tests.conftest import ROOT, TINY_CONFIG
+from tests.conftest import ROOT, tiny_train_args
 from tests.test_checkpoints import RunsCode
 
 
 def train_args(checkpoints: Path, data_dir: Path, mirror: Path, *extra: str) -> list[str]:
-    return [
-        "train",
-        "--config",
-        str(TINY_CONFIG),
-        "--checkpoint_dir",
-        str(checkpoints),
-        "--data.data_dir",
-        str(data_dir),
-        "--data.mirror",
-        str(mirror),
-        "--trainer.enable_progress_bar",
-        "false",
-        *extra,
-    ]
+    return ["train", *tiny_train_args(checkpoints, data_dir, mirror, *extra)]
 
 
 def weights(checkpoint: Path) -> dict[str, torch.Tensor]:

@@ -11,7 +11,7 @@ from seq2seq.core.search import SearchSettings
 from seq2seq.core.translate import Translator
 from seq2seq.figures import read_run_metrics
 from seq2seq.training.cli import train
-from tests.conftest import TINY_CONFIG
+from tests.conftest import tiny_train_args
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -21,24 +21,17 @@ def cuda_run(tmp_path_factory, data_dir, mirror):
     """The tiny config trained on the GPU in bf16-mixed: (the LightningCLI, its run folder)."""
     folder = tmp_path_factory.mktemp("cuda")
     cli = train(
-        [
-            "--config",
-            str(TINY_CONFIG),
-            "--checkpoint_dir",
-            str(folder),
-            "--data.data_dir",
-            str(data_dir),
-            "--data.mirror",
-            str(mirror),
+        tiny_train_args(
+            folder,
+            data_dir,
+            mirror,
             "--trainer.accelerator",
             "gpu",
             "--trainer.devices",
             "1",
             "--trainer.precision",
             "bf16-mixed",
-            "--trainer.enable_progress_bar",
-            "false",
-        ]
+        )
     )
     return cli, folder / "tiny"
 

@@ -7,28 +7,14 @@ import pytest
 import torch
 
 from seq2seq.training.cli import train
-from tests.conftest import TINY_CONFIG
+from tests.conftest import tiny_train_args
 
 
 def short_run(
     folder: Path, data_dir: Path, mirror: Path, epochs: int, *extra: str
 ) -> dict[str, torch.Tensor]:
     cli = train(
-        [
-            "--config",
-            str(TINY_CONFIG),
-            "--checkpoint_dir",
-            str(folder),
-            "--data.data_dir",
-            str(data_dir),
-            "--data.mirror",
-            str(mirror),
-            "--trainer.max_epochs",
-            str(epochs),
-            "--trainer.enable_progress_bar",
-            "false",
-            *extra,
-        ]
+        tiny_train_args(folder, data_dir, mirror, "--trainer.max_epochs", str(epochs), *extra)
     )
     return {name: tensor.detach().clone() for name, tensor in cli.model.net.state_dict().items()}
 
@@ -73,24 +59,17 @@ def test_resume_from_an_explicit_checkpoint(tmp_path, data_dir, mirror):
 
 def test_fused_adam_trains_in_bf16_mixed_and_its_gradients_are_clipped(tmp_path, data_dir, mirror):
     cli = train(
-        [
-            "--config",
-            str(TINY_CONFIG),
-            "--checkpoint_dir",
-            str(tmp_path),
-            "--data.data_dir",
-            str(data_dir),
-            "--data.mirror",
-            str(mirror),
+        tiny_train_args(
+            tmp_path,
+            data_dir,
+            mirror,
             "--trainer.max_epochs",
             "1",
-            "--trainer.enable_progress_bar",
-            "false",
             "--trainer.precision",
             "bf16-mixed",
             "--trainer.gradient_clip_val",
             "0.5",
-        ]
+        )
     )
     (optimizer,) = cli.trainer.optimizers
     # Lightning's mixed-precision plugin alone would refuse to clip it

@@ -196,26 +196,13 @@ def measure_load(
 
 def offline_whole_process(checkpoint: str, precision: str, sentences: Sequence[str]) -> float:
     """Sentences/s of `seq2seq translate` on a file, timed from outside (start-up included)."""
+    from seq2seq.training.peer import time_process, translate_command
+
     with tempfile.TemporaryDirectory() as folder:
         source, output = Path(folder) / "source.txt", Path(folder) / "output.txt"
         write_lines(source, sentences)
-        start = time.perf_counter()
-        command = [
-            sys.executable,
-            "-m",
-            "seq2seq",
-            "translate",
-            "--checkpoint",
-            checkpoint,
-            "--precision",
-            precision,
-            "--input",
-            str(source),
-            "--output",
-            str(output),
-        ]
-        subprocess.run(command, check=True, capture_output=True)
-        return len(sentences) / (time.perf_counter() - start)
+        command = translate_command(checkpoint, source, output, "--precision", precision)
+        return time_process(command, "seq2seq", "greedy", len(sentences)).sentences_per_second
 
 
 def offline_in_process(checkpoint: str, precision: str, sentences: Sequence[str]) -> float:

@@ -100,6 +100,12 @@ def read_peer_summary(path: Path) -> dict[str, float]:
     return figures
 
 
+def translate_command(checkpoint: str, source: Path, output: Path, *options: str) -> list[str]:
+    """`seq2seq translate` of a file as a user runs it: a process of its own."""
+    command = [sys.executable, "-m", "seq2seq", "translate", "--checkpoint", checkpoint]
+    return [*command, "--input", str(source), "--output", str(output), *options]
+
+
 def time_process(command: list[str], side: str, search: str, lines: int) -> ProcessRun:
     """Wall clock and peak resident memory of one child process, which must succeed."""
     start = time.perf_counter()
@@ -145,8 +151,7 @@ def run_peer_comparison(
         for _ in range(repeats):
             for search, options in SEARCHES.items():
                 output = Path(folder) / f"{search}.de"
-                ours = [sys.executable, "-m", "seq2seq", "translate", "--checkpoint", checkpoint]
-                ours += ["--input", str(source), "--output", str(output), *options]
+                ours = translate_command(checkpoint, source, output, *options)
                 comparison.runs.append(time_process(ours, "seq2seq", search, lines))
                 # the first copy: the others are the same lines, translated alike
                 hypotheses = output.read_text().splitlines()[: len(examples)]
