@@ -62,13 +62,19 @@ def test_a_text_file_is_not_mistaken_for_a_code_carrying_checkpoint(tmp_path):
 
 
 def test_a_version_1_checkpoint_loads_and_translates_alike(tiny_checkpoint, tmp_path):
-    """Version 1 kept the output cap in the file; it is a search setting now."""
+    """Version 1 kept the output cap in the file (a search setting now) and knew one cell and
+    one decoder (no settings for them: the GRU and bahdanau)."""
     checkpoint = torch.load(tiny_checkpoint, weights_only=True)
     assert checkpoint["seq2seq"]["format_version"] == FORMAT_VERSION == 2
     checkpoint["seq2seq"].update(format_version=1, max_length_ratio=2.0)
+    for setting in ("cell", "encoder_cell", "decoder_cell", "decoder"):
+        del checkpoint["seq2seq"]["network"][setting]
     torch.save(checkpoint, tmp_path / "version1.ckpt")
     old = load_checkpoint(tmp_path / "version1.ckpt")["seq2seq"]
-    assert old == load_checkpoint(tiny_checkpoint)["seq2seq"]
+    assert {**old, "network": None} == {
+        **load_checkpoint(tiny_checkpoint)["seq2seq"],
+        "network": None,
+    }
     sentences = ["Tom is here.", "I like green tea.", "Where is the station?"]
     translated = Translator.from_checkpoint(tmp_path / "version1.ckpt").translate(sentences)
     assert translated == Translator.from_checkpoint(tiny_checkpoint).translate(sentences)

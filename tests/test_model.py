@@ -1,10 +1,14 @@
+import re
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from seq2seq.core.model import ModelConfig, Seq2Seq
+from seq2seq.core.model import CELLS, DECODERS, ModelConfig, Seq2Seq
 from seq2seq.core.search import SearchSettings, greedy_search
 from seq2seq.core.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from seq2seq.errors import Seq2SeqError
 
 VOCAB = 50
 
@@ -25,15 +29,21 @@ def padded(sentences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     return batch, lengths
 
 
+ARCHITECTURES = [{"cell": cell, "decoder": decoder} for cell in CELLS for decoder in DECODERS]
+ARCHITECTURE_IDS = [f"{a['cell']}-{a['decoder']}" for a in ARCHITECTURES]
+each_architecture = pytest.mark.parametrize("architecture", ARCHITECTURES, ids=ARCHITECTURE_IDS)
+
 SENTENCES = [[5, 6, 7, 8, 9, EOS_ID], [10, 11, EOS_ID], [12, 13, 14, 15, 16, 17, 18, 19, EOS_ID]]
 
 
+@each_architecture
 @pytest.mark.parametrize("rule", ["additive", "dot", "concat"])
-@pytest.mark.parametrize(
-    "overrides", [{}, {"tie_embeddings": True, "encoder_layers": 2, "decoder_layers": 2}]
-)
-def test_forward_backward_shapes(rule, overrides):
-    net = network(attention=rule, **overrides).train()
+@pytest.mark.parametrize("deep", [False, True])
+def test_forward_backward_shapes(architecture, rule, deep):
+    # cgru has one decoder layer
+    layers = {"decoder_layers": 2} if architecture["decoder"] == "bahdanau" else {}
+    overrides = {"tie_embeddings": True, "encoder_layers": 2, **layers} if deep else {}
+    net = network(attention=rule, **architecture, **overrides).train()
     source, lengths = padded(SENTENCES)
     target_in = torch.randint(4, VOCAB, (3, 5))
     logits = net(source, lengths, target_in)
@@ -43,9 +53,10 @@ def test_forward_backward_shapes(rule, overrides):
     assert unused == []
 
 
+@each_architecture
 @pytest.mark.parametrize("rule", ["additive", "dot", "concat"])
-def test_teacher_forced_pass_equals_step_by_step_decoding(rule):
-    net = network(attention=rule)
+def test_teacher_forced_pass_equals_step_by_step_decoding(architecture, rule):
+    net = network(attention=rule, **architecture)
     source, lengths = padded(SENTENCES)
     target_in = torch.cat((torch.full((3, 1), BOS_ID), torch.randint(4, VOCAB, (3, 4))), dim=1)
     whole = net(source, lengths, target_in)
@@ -79,9 +90,10 @@ def test_logits_at_chosen_positions_are_those_of_the_whole_batch(teacher_forcing
     torch.testing.assert_close(chosen, whole[positions])
 
 
+@each_architecture
 @pytest.mark.parametrize("rule", ["additive", "dot", "concat"])
-def test_sentence_alone_and_in_padded_batch_give_the_same_output(rule):
-    net = network(attention=rule)
+def test_sentence_alone_and_in_padded_batch_give_the_same_output(architecture, rule):
+    net = network(attention=rule, **architecture)
     alone = [greedy_search(net, *padded([s]))[0] for s in SENTENCES]
     together = greedy_search(net, *padded(SENTENCES))
     for single, batched in zip(alone, together):
@@ -119,9 +131,10 @@ def test_state_select_sentences_selects_batch_rows():
     assert reordered.source_mask[1].sum() == len(SENTENCES[2])
 
 
+@each_architecture
 @pytest.mark.parametrize("rule", ["additive", "dot", "concat"])
-def test_beams_share_encoder_states_and_decode_like_copied_sentences(rule):
-    net = network(attention=rule)
+def test_beams_share_encoder_states_and_decode_like_copied_sentences(architecture, rule):
+    net = network(attention=rule, **architecture)
     source, lengths = padded(SENTENCES)
     state = net.encode(source, lengths)
     previous = torch.randint(4, VOCAB, (3 * 2,))  # two different beams per sentence
@@ -139,12 +152,85 @@ def test_beams_share_encoder_states_and_decode_like_copied_sentences(rule):
     dropped = followed.select_sentences(torch.tensor([2]))
     torch.testing.assert_close(dropped.hidden, followed.hidden[:, 4:])
     assert dropped.memory.size(0) == 1 and dropped.beams == 2
+    if architecture["cell"] == "lstm":  # the cell state follows the same rows as h
+        torch.testing.assert_close(followed.cell_state[:, 0], after.cell_state[:, 1])
+        torch.testing.assert_close(dropped.cell_state, followed.cell_state[:, 4:])
+    else:
+        assert after.cell_state is None
 
 
-def test_beam_of_one_equals_greedy():
+def test_the_lstm_decoder_carries_its_cell_state_from_step_to_step():
+    net = network(cell="lstm")
+    source, lengths = padded(SENTENCES)
+    state = net.encode(source, lengths)
+    assert state.cell_state.shape == state.hidden.shape and not state.cell_state.any()
+    _, _, after = net.decode_step(state, torch.full((3,), BOS_ID))
+    forgotten = replace(after, cell_state=torch.zeros_like(after.cell_state))
+    previous = torch.tensor([5, 6, 7])
+    assert not torch.allclose(
+        net.decode_step(after, previous)[0], net.decode_step(forgotten, previous)[0]
+    )
+
+
+def course_rnn(inputs: torch.Tensor, layer: torch.nn.RNNBase, suffix: str = "") -> torch.Tensor:
+    """The course's formula h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh) from h_0 = 0,
+    over inputs (T, I), with the weights of one direction of `layer`. Returns (T, hidden)."""
+    w_ih, w_hh = getattr(layer, f"weight_ih_l0{suffix}"), getattr(layer, f"weight_hh_l0{suffix}")
+    b_ih, b_hh = getattr(layer, f"bias_ih_l0{suffix}"), getattr(layer, f"bias_hh_l0{suffix}")
+    h = torch.zeros(layer.hidden_size)
+    states = []
+    for x in inputs:
+        h = torch.tanh(w_ih @ x + b_ih + w_hh @ h + b_hh)
+        states.append(h)
+    return torch.stack(states)
+
+
+@torch.no_grad()
+def test_the_plain_rnn_cell_is_the_course_formula():
+    net = network(cell="rnn")
+    sentence = torch.tensor(SENTENCES[0])
+    states, _ = net.encoder(sentence[None], torch.tensor([len(sentence)]))  # (1, S, 2H)
+    embedded = net.encoder.embedding(sentence)  # (S, E)
+    forward = course_rnn(embedded, net.encoder.rnn)
+    backward = course_rnn(embedded.flip(0), net.encoder.rnn, "_reverse").flip(0)
+    torch.testing.assert_close(states[0], torch.cat((forward, backward), dim=-1))
+    # the decoder's recurrence: one step from its first state
+    state = net.encode(sentence[None], torch.tensor([len(sentence)]))
+    _, _, after = net.decode_step(state, torch.tensor([BOS_ID]))
+    rnn = net.decoder.rnn
+    expected = torch.tanh(
+        rnn.weight_ih_l0 @ net.decoder.embedding.weight[BOS_ID]
+        + rnn.bias_ih_l0
+        + rnn.weight_hh_l0 @ state.hidden[0, 0]
+        + rnn.bias_hh_l0
+    )
+    torch.testing.assert_close(after.hidden[0, 0], expected)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"cell": "transformer"}, "unknown model cell cell='transformer'; choose one of gru"),
+        ({"decoder_cell": "lstmm"}, "decoder_cell='lstmm'"),
+        ({"decoder": "luong"}, "unknown decoder 'luong'; choose one of bahdanau, cgru"),
+        ({"decoder": "cgru", "decoder_layers": 2}, "set decoder_layers 1 or decoder bahdanau"),
+    ],
+)
+def test_unknown_cells_and_decoders_are_refused_with_the_choices(settings, message):
+    with pytest.raises(Seq2SeqError, match=re.escape(message)):
+        ModelConfig(**settings)
+
+
+def test_encoder_and_decoder_cells_can_differ():
+    net = network(cell="gru", decoder_cell="lstm")
+    assert isinstance(net.encoder.rnn, torch.nn.GRU) and isinstance(net.decoder.rnn, torch.nn.LSTM)
+
+
+@each_architecture
+def test_beam_of_one_equals_greedy(architecture):
     from seq2seq.core.search import beam_search
 
-    net = network()
+    net = network(**architecture)
     source, lengths = padded(SENTENCES)
     greedy = greedy_search(net, source, lengths)
     beam = beam_search(net, source, lengths, SearchSettings(beam_size=1))
@@ -171,10 +257,11 @@ def test_beam_decodes_its_first_step_once_per_sentence(monkeypatch):
     assert rows[0] == 3 and rows[1] == 3 * 4  # all beams start alike: one row each, then four
 
 
-def test_beam_nbest_is_sorted_sized_and_batch_independent():
+@each_architecture
+def test_beam_nbest_is_sorted_sized_and_batch_independent(architecture):
     from seq2seq.core.search import beam_search
 
-    net = network()
+    net = network(**architecture)
     source, lengths = padded(SENTENCES)
     together = beam_search(net, source, lengths, SearchSettings(beam_size=4, nbest=3))
     for sentence, nbest in zip(SENTENCES, together):

@@ -94,13 +94,24 @@ class Attn(nn.Module):
         mask: (B, S) bool. Returns output (B, T, output_size) and weights (B, T, S):
         exactly zero on padding, summing to 1 over S.
         """
+        context, weights = self.context(queries, keys, values, mask)
+        return self.combine(queries, context), weights
+
+    def context(
+        self, queries: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """The first half of `attend`: the attended values (B, T, value_size2) and the weights
+        (B, T, S). The conditional decoder feeds the values to its second cell before
+        `combine`."""
         scores = self.score(queries, keys, values.size(1))  # (B, T, S)
         if mask is not None:
             scores = scores.masked_fill(~mask.unsqueeze(1), float("-inf"))
         weights = F.softmax(scores, dim=-1)  # (B, T, S)
-        context = torch.bmm(weights, values)  # (B, T, value_size2)
-        output = self.attn_combine(torch.cat((queries, context), dim=-1))  # (B, T, output_size)
-        return output, weights
+        return torch.bmm(weights, values), weights
+
+    def combine(self, queries: Tensor, context: Tensor) -> Tensor:
+        """The course's ending: Linear([query; context]), (B, T, output_size)."""
+        return self.attn_combine(torch.cat((queries, context), dim=-1))
 
     def score(self, queries: Tensor, keys: Tensor, positions: int) -> Tensor:
         """Unnormalized scores (B, T, S)."""

@@ -1,15 +1,23 @@
-"""The network: a bidirectional GRU encoder and a GRU decoder that attends with `Attn`.
+"""The network: a bidirectional recurrent encoder and a recurrent decoder that attends with `Attn`.
+
+The recurrent cell is the course's GRU by default, or its LSTM or plain tanh RNN
+(`ModelConfig.cell`). Two decoders: `bahdanau`, the course's N-vs-M decoder (a recurrent
+layer over the previous words, whose outputs query `Attn`), and `cgru`, the conditional
+GRU of Nematus (a first cell over the previous word, `Attn` queried with its state, a
+second cell over the attended context).
 
 A plain `nn.Module` (no Lightning here). Search talks to it only through `encode` and
 `decode_step`, with a `DecoderState` whose rows follow the sentences and beams it keeps.
 
 Shapes: B batch, S source length, T target length, E embedding size, H encoder hidden
-size per direction, D decoder hidden size, O attention output size, V vocabulary size.
+size per direction, D decoder hidden size, O attention output size, V vocabulary size,
+L decoder layers, R decoder rows (B, or B * beams in beam search).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -19,6 +27,13 @@ from seq2seq.core.attention import Attn
 from seq2seq.core.tokenizer import PAD_ID
 from seq2seq.errors import Seq2SeqError
 
+Cell = Literal["gru", "lstm", "rnn"]
+DecoderKind = Literal["bahdanau", "cgru"]
+CELLS, DECODERS = get_args(Cell), get_args(DecoderKind)
+# h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh) for "rnn": torch's default nonlinearity
+RECURRENT_LAYERS = {"gru": nn.GRU, "lstm": nn.LSTM, "rnn": nn.RNN}
+RECURRENT_CELLS = {"gru": nn.GRUCell, "lstm": nn.LSTMCell, "rnn": nn.RNNCell}
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -26,10 +41,15 @@ class ModelConfig:
 
     Attributes:
         embedding_size: source and target embedding size.
-        encoder_hidden_size: GRU size per direction (the encoder states are twice this).
-        encoder_layers: stacked bidirectional GRU layers.
-        decoder_hidden_size: decoder GRU size.
-        decoder_layers: stacked decoder GRU layers.
+        encoder_hidden_size: recurrent size per direction (the encoder states are twice this).
+        encoder_layers: stacked bidirectional recurrent layers.
+        decoder_hidden_size: decoder recurrent size.
+        decoder_layers: stacked decoder recurrent layers (1 for `cgru`).
+        cell: the recurrent cell of encoder and decoder: gru, lstm or rnn (plain tanh).
+        encoder_cell: the encoder's own cell, when it differs from `cell`.
+        decoder_cell: the decoder's own cell, when it differs from `cell`.
+        decoder: bahdanau (attention after the recurrent layers) or cgru (conditional:
+            attention between two cells, the second reading the attended context).
         attention: score rule of `Attn`: additive, dot or concat.
         attention_size: hidden size of the additive rule (default: decoder_hidden_size).
         max_source_length: positions the concat rule can attend to (unused by the others).
@@ -48,6 +68,35 @@ class ModelConfig:
     max_source_length: int = 128
     dropout: float = 0.2
     tie_embeddings: bool = False
+    cell: Cell = "gru"
+    encoder_cell: Cell | None = None
+    decoder_cell: Cell | None = None
+    decoder: DecoderKind = "bahdanau"
+
+    def __post_init__(self) -> None:
+        for name in ("cell", "encoder_cell", "decoder_cell"):
+            value = getattr(self, name)
+            if value is not None and value not in CELLS:
+                raise Seq2SeqError(
+                    f"unknown model cell {name}={value!r}; choose one of {', '.join(CELLS)}"
+                )
+        if self.decoder not in DECODERS:
+            raise Seq2SeqError(
+                f"unknown decoder {self.decoder!r}; choose one of {', '.join(DECODERS)}"
+            )
+        if self.decoder == "cgru" and self.decoder_layers != 1:
+            raise Seq2SeqError(
+                f"the cgru decoder has one layer (two cells around the attention), got "
+                f"decoder_layers={self.decoder_layers}: set decoder_layers 1 or decoder bahdanau"
+            )
+
+    @property
+    def encoder_cell_type(self) -> str:
+        return self.encoder_cell or self.cell
+
+    @property
+    def decoder_cell_type(self) -> str:
+        return self.decoder_cell or self.cell
 
     @classmethod
     def from_dict(cls, values: dict) -> ModelConfig:
@@ -58,19 +107,23 @@ class ModelConfig:
         return cls(**values)
 
 
+Recurrent = Tensor | tuple[Tensor, Tensor]  # a recurrent layer's state: h, or the LSTM's (h, c)
+
+
 @dataclass
 class DecoderState:
-    """What the decoder carries between steps, batch-first except `hidden`.
+    """What the decoder carries between steps, batch-first except `hidden` and `cell_state`.
 
     Beam search decodes `beams` hypotheses per sentence: the decoder rows are then the
     sentences' beams side by side (B * beams of them), while the encoder states stay one
     per sentence and every beam attends to its own sentence's (no copies).
 
     Attributes:
-        hidden: (L, B * beams, D) decoder GRU state.
+        hidden: (L, R, D) decoder state h.
         memory: (B, S, 2H) encoder states: the attention values.
         keys: (B, S, *) attention keys, projected once per batch.
         source_mask: (B, S) True on real source positions.
+        cell_state: (L, R, D) the LSTM's cell c; None for the GRU and the plain RNN.
         beams: decoder rows per sentence.
     """
 
@@ -78,7 +131,26 @@ class DecoderState:
     memory: Tensor
     keys: Tensor
     source_mask: Tensor
+    cell_state: Tensor | None = None
     beams: int = 1
+
+    @property
+    def recurrent(self) -> Recurrent:
+        """The state in the form torch's recurrent layers take."""
+        return self.hidden if self.cell_state is None else (self.hidden, self.cell_state)
+
+    def with_recurrent(self, recurrent: Recurrent) -> DecoderState:
+        """This state with a recurrent layer's new one."""
+        if isinstance(recurrent, tuple):
+            return replace(self, hidden=recurrent[0], cell_state=recurrent[1])
+        return replace(self, hidden=recurrent)
+
+    def _rows(self, rows: Tensor, **changes) -> DecoderState:
+        """The decoder rows `rows` (R'), with `changes` to the other fields."""
+        cell_state = None if self.cell_state is None else self.cell_state.index_select(1, rows)
+        return replace(
+            self, hidden=self.hidden.index_select(1, rows), cell_state=cell_state, **changes
+        )
 
     def select_sentences(self, indices: Tensor) -> DecoderState:
         """Keep (or repeat) the sentences `indices`, all their beams: how finished sentences
@@ -86,32 +158,28 @@ class DecoderState:
         rows = (
             indices.unsqueeze(1) * self.beams + torch.arange(self.beams, device=indices.device)
         ).flatten()
-        return DecoderState(
-            self.hidden.index_select(1, rows),
-            self.memory.index_select(0, indices),
-            self.keys.index_select(0, indices),
-            self.source_mask.index_select(0, indices),
-            self.beams,
+        return self._rows(
+            rows,
+            memory=self.memory.index_select(0, indices),
+            keys=self.keys.index_select(0, indices),
+            source_mask=self.source_mask.index_select(0, indices),
         )
 
     def select_beams(self, rows: Tensor) -> DecoderState:
         """Follow the beams beam search chose: `rows` (B * beams) index the current rows, each
         within its own sentence. Their count sets the beams per sentence, so the first step can
         grow one row per sentence into `beams` (the encoder states stay shared)."""
-        beams = rows.numel() // self.memory.size(0)
-        return DecoderState(
-            self.hidden.index_select(1, rows), self.memory, self.keys, self.source_mask, beams
-        )
+        return self._rows(rows, beams=rows.numel() // self.memory.size(0))
 
 
 class Encoder(nn.Module):
-    """Embedding → dropout → bidirectional multi-layer GRU over packed sequences."""
+    """Embedding → dropout → bidirectional multi-layer GRU, LSTM or RNN over packed sequences."""
 
     def __init__(self, vocab_size: int, config: ModelConfig) -> None:
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, config.embedding_size, padding_idx=PAD_ID)
         self.dropout = nn.Dropout(config.dropout)
-        self.rnn = nn.GRU(
+        self.rnn = RECURRENT_LAYERS[config.encoder_cell_type](
             config.embedding_size,
             config.encoder_hidden_size,
             num_layers=config.encoder_layers,
@@ -126,7 +194,8 @@ class Encoder(nn.Module):
         packed = pack_padded_sequence(
             embedded, source_lengths.cpu(), batch_first=True, enforce_sorted=False
         )
-        outputs, last = self.rnn(packed)  # last: (layers * 2, B, H)
+        outputs, last = self.rnn(packed)  # last: (layers * 2, B, H), or the LSTM's (h, c)
+        last = last[0] if isinstance(last, tuple) else last
         # (B, S, 2H)
         states, _ = pad_packed_sequence(outputs, batch_first=True, total_length=source.size(1))
         final = torch.cat((last[-2], last[-1]), dim=-1)  # (B, 2H): top layer, both directions
@@ -134,27 +203,18 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """A GRU over target embeddings whose outputs attend over the encoder states.
-
-    Training runs the GRU over the whole target at once (teacher forcing) and attends for
-    all steps in one batched call; `step` does the same for one token, so the two agree.
-    """
+    """What both decoders share: target embeddings, the bridge from the encoder, `Attn` and
+    the output layer. A subclass's `features` runs the recurrence and the attention."""
 
     def __init__(self, vocab_size: int, config: ModelConfig) -> None:
         super().__init__()
         memory_size = 2 * config.encoder_hidden_size
         output_size = config.embedding_size if config.tie_embeddings else config.decoder_hidden_size
         self.layers = config.decoder_layers
+        self.is_lstm = config.decoder_cell_type == "lstm"
         self.embedding = nn.Embedding(vocab_size, config.embedding_size, padding_idx=PAD_ID)
         self.dropout = nn.Dropout(config.dropout)
         self.bridge = nn.Linear(memory_size, config.decoder_layers * config.decoder_hidden_size)
-        self.rnn = nn.GRU(
-            config.embedding_size,
-            config.decoder_hidden_size,
-            num_layers=config.decoder_layers,
-            batch_first=True,
-            dropout=config.dropout if config.decoder_layers > 1 else 0.0,
-        )
         # concat scores from (decoder output, input embedding), as the course pairs query and key.
         key_size = config.embedding_size if config.attention == "concat" else memory_size
         self.attention = Attn(
@@ -171,47 +231,135 @@ class Decoder(nn.Module):
             self.output.weight = self.embedding.weight
 
     def initial_state(self, memory: Tensor, final: Tensor, source_mask: Tensor) -> DecoderState:
+        """h from the encoder's final states through the bridge; an LSTM's c starts at zero."""
         batch = final.size(0)
         # (L, B, D)
         hidden = (
             torch.tanh(self.bridge(final)).view(batch, self.layers, -1).transpose(0, 1).contiguous()
         )
-        return DecoderState(hidden, memory, self.attention.project_keys(memory), source_mask)
+        keys = self.attention.project_keys(memory)
+        cell_state = torch.zeros_like(hidden) if self.is_lstm else None
+        return DecoderState(hidden, memory, keys, source_mask, cell_state)
 
     def forward(self, state: DecoderState, previous: Tensor) -> tuple[Tensor, Tensor, DecoderState]:
-        """previous: (B, T) input ids. Returns logits (B, T, V), attention (B, T, S), new state."""
+        """previous: (R, T) input ids. Returns logits (R, T, V), attention (R, T, S), new state."""
         features, weights, state = self.features(state, previous)
         return self.project(features), weights, state
 
     def features(
         self, state: DecoderState, previous: Tensor
     ) -> tuple[Tensor, Tensor, DecoderState]:
-        """Everything but the output layer: features (B, T, O), attention (B, T, S), new state."""
-        rows, steps = previous.shape  # rows = B * beams
-        embedded = self.dropout(self.embedding(previous))  # (B * beams, T, E)
-        outputs, hidden = self.rnn(embedded, state.hidden)  # (B * beams, T, D)
-        # a sentence's beams query its memory together
-        per_sentence = (
-            state.memory.size(0),
-            state.beams * steps,
-        )
-        keys = (
-            embedded.reshape(*per_sentence, -1) if self.attention.rule == "concat" else state.keys
-        )
-        attended, weights = self.attention.attend(
-            outputs.reshape(*per_sentence, -1), keys, state.memory, state.source_mask
-        )
-        state = DecoderState(hidden, state.memory, state.keys, state.source_mask, state.beams)
-        # (B * beams, T, O), (B * beams, T, S)
-        return (
-            attended.view(rows, steps, -1),
-            weights.view(rows, steps, -1),
-            state,
-        )
+        """Everything but the output layer: features (R, T, O), attention (R, T, S), new state."""
+        raise NotImplementedError
+
+    def attention_keys(self, state: DecoderState, embedded: Tensor) -> Tensor:
+        """What the attention's queries score against: the keys projected once per batch, or for
+        the position-based concat rule the input embeddings (R, T, E), one per query."""
+        if self.attention.rule != "concat":
+            return state.keys
+        return embedded.reshape(state.memory.size(0), -1, embedded.size(-1))
 
     def project(self, features: Tensor) -> Tensor:
         """The output layer: features (..., O) to logits (..., V)."""
         return self.output(self.dropout(torch.tanh(features)))
+
+
+class BahdanauDecoder(Decoder):
+    """The course's N-vs-M decoder: a recurrent layer over the target embeddings whose outputs
+    query `Attn` over the encoder states.
+
+    Training runs the recurrent layer over the whole target at once (teacher forcing) and
+    attends for all steps in one batched call; a one-token call does the same for one step,
+    so the two agree.
+    """
+
+    def __init__(self, vocab_size: int, config: ModelConfig) -> None:
+        super().__init__(vocab_size, config)
+        self.rnn = RECURRENT_LAYERS[config.decoder_cell_type](
+            config.embedding_size,
+            config.decoder_hidden_size,
+            num_layers=config.decoder_layers,
+            batch_first=True,
+            dropout=config.dropout if config.decoder_layers > 1 else 0.0,
+        )
+
+    def features(
+        self, state: DecoderState, previous: Tensor
+    ) -> tuple[Tensor, Tensor, DecoderState]:
+        rows, steps = previous.shape  # rows = B * beams
+        embedded = self.dropout(self.embedding(previous))  # (R, T, E)
+        outputs, recurrent = self.rnn(embedded, state.recurrent)  # (R, T, D)
+        # a sentence's beams query its memory together: (B, beams * T, D)
+        queries = outputs.reshape(state.memory.size(0), state.beams * steps, -1)
+        attended, weights = self.attention.attend(
+            queries, self.attention_keys(state, embedded), state.memory, state.source_mask
+        )
+        # (R, T, O), (R, T, S)
+        return (
+            attended.view(rows, steps, -1),
+            weights.view(rows, steps, -1),
+            state.with_recurrent(recurrent),
+        )
+
+
+class ConditionalDecoder(Decoder):
+    """The conditional GRU (Nematus; Sennrich et al., 2017), with any of the cells:
+
+        s'_t = cell_1(y_{t-1}, s_{t-1})       the first cell reads the previous word
+        c_t  = Attn(query s'_t, encoder states)
+        s_t  = cell_2(c_t, s'_t)              the second reads what it attended to
+        features_t = attn_combine([s_t; c_t])
+
+    The attention's query already knows the previous word, and the state carried to the
+    next step has read the context. Each step needs the last one's state, so training runs
+    step by step too; the output layer still runs over all steps at once.
+    """
+
+    def __init__(self, vocab_size: int, config: ModelConfig) -> None:
+        super().__init__(vocab_size, config)
+        cell = RECURRENT_CELLS[config.decoder_cell_type]
+        self.first = cell(config.embedding_size, config.decoder_hidden_size)
+        self.second = cell(2 * config.encoder_hidden_size, config.decoder_hidden_size)
+
+    def features(
+        self, state: DecoderState, previous: Tensor
+    ) -> tuple[Tensor, Tensor, DecoderState]:
+        rows, steps = previous.shape  # rows = B * beams
+        per_sentence = (state.memory.size(0), state.beams, -1)  # a sentence's beams query together
+        embedded = self.dropout(self.embedding(previous))  # (R, T, E)
+        keys = self.attention_keys(state, embedded)
+        recurrent = self._cell_state(state)  # (R, D), or the LSTM's pair
+        features, weights = [], []
+        for t in range(steps):
+            recurrent = self.first(embedded[:, t], recurrent)
+            query = self._hidden(recurrent).view(per_sentence)  # (B, beams, D)
+            step_keys = keys if self.attention.rule != "concat" else keys[:, t::steps]
+            context, step_weights = self.attention.context(
+                query, step_keys, state.memory, state.source_mask
+            )  # (B, beams, 2H), (B, beams, S)
+            recurrent = self.second(context.reshape(rows, -1), recurrent)
+            combined = self.attention.combine(self._hidden(recurrent).view(per_sentence), context)
+            features.append(combined.reshape(rows, -1))  # (R, O)
+            weights.append(step_weights.reshape(rows, -1))  # (R, S)
+        if isinstance(recurrent, tuple):
+            state = state.with_recurrent((recurrent[0][None], recurrent[1][None]))
+        else:
+            state = state.with_recurrent(recurrent[None])
+        # (R, T, O), (R, T, S)
+        return torch.stack(features, dim=1), torch.stack(weights, dim=1), state
+
+    @staticmethod
+    def _cell_state(state: DecoderState) -> Recurrent:
+        """The one layer's state as the cells take it: (R, D), or the LSTM's pair."""
+        recurrent = state.recurrent
+        return (recurrent[0][0], recurrent[1][0]) if isinstance(recurrent, tuple) else recurrent[0]
+
+    @staticmethod
+    def _hidden(recurrent: Recurrent) -> Tensor:
+        return recurrent[0] if isinstance(recurrent, tuple) else recurrent
+
+
+DECODER_CLASSES = {"bahdanau": BahdanauDecoder, "cgru": ConditionalDecoder}  # by DECODERS
 
 
 class Seq2Seq(nn.Module):
@@ -223,7 +371,7 @@ class Seq2Seq(nn.Module):
         super().__init__()
         self.config = config
         self.encoder = Encoder(source_vocab_size, config)
-        self.decoder = Decoder(target_vocab_size, config)
+        self.decoder = DECODER_CLASSES[config.decoder](target_vocab_size, config)
 
     def encode(self, source: Tensor, source_lengths: Tensor) -> DecoderState:
         """source: (B, S) ids ending in eos, source_lengths: (B,). The decoder's first state."""

@@ -44,8 +44,19 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
     return "bf16" if native_bf16(device) else "fp32"
 
 
+# what torch's dynamic quantization has int8 kernels for (not the plain RNN layer: it stays fp32)
+INT8_LAYERS = (
+    torch.nn.Linear,
+    torch.nn.GRU,
+    torch.nn.LSTM,
+    torch.nn.GRUCell,
+    torch.nn.LSTMCell,
+    torch.nn.RNNCell,
+)
+
+
 def quantize_int8(net: Seq2Seq) -> torch.nn.Module:
-    """int8 weights for the linear and GRU layers, activations quantized on the fly (CPU).
+    """int8 weights for the linear and recurrent layers, activations quantized on the fly (CPU).
 
     The additive attention's energy layer stays as it is: its weight is a vector that
     the fused score reads directly (see `attention.additive_scores`), never a layer call.
@@ -55,8 +66,7 @@ def quantize_int8(net: Seq2Seq) -> torch.nn.Module:
     layers = {
         name
         for name, module in net.named_modules()
-        if isinstance(module, (torch.nn.Linear, torch.nn.GRU))
-        and not name.endswith("attention.energy")
+        if isinstance(module, INT8_LAYERS) and not name.endswith("attention.energy")
     }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -110,7 +120,7 @@ class Translator:
         """`search`: the settings of calls that bring none.
 
         `precision`: fp32; bf16 (autocast: for GPUs and CPUs with AMX/AVX512-BF16); int8
-        (dynamic quantization of the linear and GRU layers, CPU only); or auto
+        (dynamic quantization of the linear and recurrent layers, CPU only); or auto
         (`resolve_precision`).
         `workers`: batches searched side by side on a CPU, each with an equal share of
         torch's threads (default: one per thread; on a GPU always one).

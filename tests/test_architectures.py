@@ -1,0 +1,121 @@
+"""Every cell x decoder trains, searches, saves and loads: the tiny config on 16 real pairs.
+
+Each combination is trained once per session by the training command, then translated from
+its checkpoint the way a user would (greedy, beam, n-best, int8 and bf16).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from seq2seq.core.checkpoint import load_checkpoint
+from seq2seq.core.model import CELLS, DECODERS
+from seq2seq.core.search import SearchSettings, greedy_search
+from seq2seq.core.translate import Translator, native_bf16
+from tests.conftest import tiny_train_args
+from tests.test_end_to_end import is_one_of
+
+PAIRS = 16
+ARCHITECTURES = [(cell, decoder) for cell in CELLS for decoder in DECODERS]
+
+
+@pytest.fixture(scope="module", params=ARCHITECTURES, ids=lambda a: "-".join(a))
+def trained(request, tmp_path_factory, data_dir, mirror):
+    """(cell, decoder, the training CLI after fitting, its last checkpoint)."""
+    from seq2seq.training.cli import train
+
+    cell, decoder = request.param
+    checkpoints = tmp_path_factory.mktemp(f"{cell}-{decoder}")
+    cli = train(
+        tiny_train_args(
+            checkpoints,
+            data_dir,
+            mirror,
+            "--model.network.cell",
+            cell,
+            "--model.network.decoder",
+            decoder,
+            "--data.max_train_examples",
+            str(PAIRS),
+            "--trainer.max_epochs",
+            "120",
+            "--trainer.check_val_every_n_epoch",
+            "120",
+            "--keep_last",
+            "0",
+        )
+    )
+    return cell, decoder, cli, checkpoints / "tiny" / "last.ckpt"
+
+
+@pytest.fixture(scope="module")
+def pairs(data_dir, mirror):
+    from seq2seq.training.data import TranslationDataModule
+
+    module = TranslationDataModule(
+        data_dir=str(data_dir), mirror=str(mirror), max_train_examples=PAIRS, vocab_size=400
+    )
+    return module.load_splits()["train"]
+
+
+def reproduced(translator: Translator, pairs, **search) -> float:
+    """The share of `pairs` translated into one of their references (short pairs: BLEU's
+    4-grams would not exist)."""
+    translations = translator.translate_detailed(
+        [p.source for p in pairs], search=SearchSettings(**search)
+    )
+    hits = [is_one_of(t.text, p.references) for t, p in zip(translations, pairs)]
+    return sum(hits) / len(hits)
+
+
+def test_the_checkpoint_records_the_architecture(trained):
+    cell, decoder, _, checkpoint = trained
+    network = load_checkpoint(checkpoint)["seq2seq"]["network"]
+    assert (network["cell"], network["decoder"]) == (cell, decoder)
+
+
+def test_each_architecture_memorises_its_pairs_greedy_and_beam(trained, pairs):
+    translator = Translator.from_checkpoint(trained[3], precision="fp32")
+    assert reproduced(translator, pairs) >= 0.9
+    assert reproduced(translator, pairs, beam_size=5) >= 0.9
+
+
+def test_the_loaded_checkpoint_translates_as_the_trained_network(trained, pairs):
+    net = trained[2].model.net.eval()
+    translator = Translator.from_checkpoint(trained[3], precision="fp32")
+    sources = translator.encode([p.source for p in pairs[:4]])
+    lengths = torch.tensor([len(s.ids) for s in sources])
+    batch = torch.nn.utils.rnn.pad_sequence([torch.tensor(s.ids) for s in sources], True)
+    expected = greedy_search(net, batch, lengths)
+    loaded = greedy_search(translator.net, batch, lengths)
+    for a, b in zip(expected, loaded):
+        assert a.tokens == b.tokens
+        torch.testing.assert_close(a.attention, b.attention)
+
+
+def test_nbest_and_attention_rows_follow_each_hypothesis(trained, pairs):
+    translator = Translator.from_checkpoint(trained[3], precision="fp32")
+    translations = translator.translate_detailed(
+        [p.source for p in pairs[:4]], search=SearchSettings(beam_size=4, nbest=3)
+    )
+    for translation in translations:
+        assert len(translation.hypotheses) == 3
+        scores = [h.score for h in translation.hypotheses]
+        assert scores == sorted(scores, reverse=True)
+        for hypothesis in translation.hypotheses:
+            rows, columns = hypothesis.attention.shape
+            assert rows in (len(hypothesis.tokens), len(hypothesis.tokens) + 1)
+            assert columns == len(translation.source_ids)
+            torch.testing.assert_close(hypothesis.attention.sum(-1), torch.ones(rows))
+
+
+def test_int8_translation_keeps_the_memorised_pairs(trained, pairs):
+    translator = Translator.from_checkpoint(trained[3], precision="int8")
+    assert reproduced(translator, pairs, beam_size=5) >= 0.8
+
+
+@pytest.mark.skipif(not native_bf16("cpu"), reason="this CPU has no native bf16")
+def test_bf16_translation_keeps_the_memorised_pairs(trained, pairs):
+    translator = Translator.from_checkpoint(trained[3], precision="bf16")
+    assert reproduced(translator, pairs, beam_size=5) >= 0.8
