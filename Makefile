@@ -10,7 +10,7 @@ DEVICES ?=
 CKPT    ?= $(shell ls -t checkpoints/*/best.ckpt 2>/dev/null | head -n 1)
 BIN      = $(VENV)/bin
 
-.PHONY: setup train translate evaluate serve test lint bench clean
+.PHONY: setup train translate evaluate serve test lint bench ablation clean
 
 setup: $(VENV)/.installed
 
@@ -48,6 +48,10 @@ lint: setup
 
 bench: setup
 	$(BIN)/seq2seq bench $(ARGS)
+
+# one 15-minute run per variant (cell, attention rule, decoder): about 100 minutes in all
+ablation: setup
+	$(BIN)/seq2seq ablation $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache *.egg-info

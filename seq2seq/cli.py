@@ -8,6 +8,7 @@
     seq2seq average --output CKPT CKPT1 CKPT2 ...
     seq2seq plot RUN_DIR
     seq2seq bench [--config configs/bench-multi30k-en-de.yaml] [--serve]
+    seq2seq ablation [--config configs/bench-multi30k-en-de.yaml] [--variants gru lstm ...]
     seq2seq serve --checkpoint CKPT [--checkpoint CKPT2 ...] [--port 8000] [--api-key KEY]
 
 Errors a user can cause become one line on stderr and exit status 1.
@@ -122,6 +123,30 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("run_dir", help="a run folder, e.g. checkpoints/tatoeba-en-fr")
     plot.add_argument("--output", help="PNG to write (default: RUN_DIR/curves.png)")
     plot.set_defaults(run=run_plot)
+
+    ablation = commands.add_parser(
+        "ablation",
+        help="train one variant per cell, attention rule and decoder on one budget; compare them",
+    )
+    ablation.add_argument(
+        "--config",
+        default="configs/bench-multi30k-en-de.yaml",
+        help="the config every variant changes one setting of (its budget is theirs)",
+    )
+    ablation.add_argument(
+        "--variants",
+        nargs="+",
+        metavar="NAME",
+        help="variants to train and score, in order (default: all, VARIANTS in "
+        "seq2seq/training/ablation.py)",
+    )
+    ablation.add_argument("--checkpoint-dir", default="checkpoints", help="where the runs go")
+    ablation.add_argument("--split", default="test_2016_flickr", help="the test split scored")
+    ablation.add_argument("--output", default="docs/ablation", help="writes OUTPUT.json/.png")
+    ablation.add_argument(
+        "--summary", default="BENCHMARKS.md", help="the markdown file that gets the table"
+    )
+    ablation.set_defaults(run=run_ablation)
 
     bench = commands.add_parser(
         "bench", help="measure training and translation speed of the reference model here"
@@ -482,6 +507,20 @@ def run_serve(args: argparse.Namespace) -> None:
         workers=args.workers,
         access_log=args.access_log,
     )
+
+
+def run_ablation(args: argparse.Namespace) -> None:
+    from seq2seq.training.ablation import VARIANTS, run_ablation
+
+    run_ablation(
+        args.config,
+        args.variants or list(VARIANTS),
+        args.checkpoint_dir,
+        args.split,
+        Path(args.output),
+        Path(args.summary),
+    )
+    print(f"Wrote {args.output}.json, {args.output}.png and the table in {args.summary}")
 
 
 def run_bench(args: argparse.Namespace) -> None:

@@ -1,4 +1,5 @@
-"""Pictures of a model: attention heatmaps (PNG and text) and training curves (PNG).
+"""Pictures of a model: attention heatmaps (PNG and text), training curves and the ablation's
+bar charts (PNG).
 
 matplotlib is imported only when a PNG is drawn, so translating without pictures
 does not pay for it.
@@ -116,5 +117,24 @@ def training_curves(run_dir: Path, path: Path) -> None:
     for axes in (loss_axes, bleu_axes):
         axes.grid(alpha=0.3)
     figure.suptitle(run_dir.name)
+    save_figure(figure, path)
+    plt.close(figure)
+
+
+def ablation_chart(
+    names: list[str], bleu: list[float], speeds: list[float], bleu_label: str, path: Path
+) -> None:
+    """Two bar charts side by side: the BLEU and the training speed of each variant."""
+    plt = _pyplot()
+    figure, (bleu_axes, speed_axes) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for axes, values, label, color, form in (
+        (bleu_axes, bleu, bleu_label, "tab:blue", "%.1f"),
+        (speed_axes, speeds, "training target tokens/s", "tab:orange", "%.0f"),
+    ):
+        axes.bar_label(axes.bar(names, values, color=color), fmt=form, fontsize=8)
+        axes.set_ylabel(label)
+        axes.grid(axis="y", alpha=0.3)
+        axes.tick_params(axis="x", labelrotation=30)
+    figure.suptitle("one setting changed from GRU + additive attention + bahdanau decoder")
     save_figure(figure, path)
     plt.close(figure)

@@ -87,6 +87,7 @@ def machine() -> dict:
         cpu = names[0] if names else cpu
     return {
         "cpu": cpu,
+        "cpu_flags": " ".join(cpu_flags()),
         # e.g. AVX2 or AVX512: runs differ by it
         "cpu_vector_unit": torch.backends.cpu.get_cpu_capability(),
         "cpu_native_bf16": native_bf16("cpu"),
@@ -98,6 +99,17 @@ def machine() -> dict:
         "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
+
+
+def cpu_flags() -> list[str]:
+    """The vector and matrix extensions of /proc/cpuinfo that speeds depend on (AVX2, AVX-512,
+    its bf16 and VNNI parts, AMX)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        return []
+    line = next((x for x in cpuinfo.read_text().splitlines() if x.startswith("flags")), "")
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "amx_tile")
+    return [flag for flag in wanted if flag in line.split(":", 1)[-1].split()]
 
 
 def matmul_gflops(dtype: torch.dtype, device: str, size: int = 2048, seconds: float = 1.5) -> float:
