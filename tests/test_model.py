@@ -207,6 +207,64 @@ def test_the_plain_rnn_cell_is_the_course_formula():
     torch.testing.assert_close(after.hidden[0, 0], expected)
 
 
+def course_lstm(inputs: torch.Tensor, layer: torch.nn.LSTM) -> torch.Tensor:
+    """The course's LSTM from h_0 = c_0 = 0 over inputs (T, I), each gate a linear layer of
+    [x_t, h_{t-1}] (torch keeps the two halves as W_i* and W_h*, rows in the order i, f, g, o):
+
+        f_t = sigmoid(W_f [x_t, h_{t-1}] + b_f)      forget gate
+        i_t = sigmoid(W_i [x_t, h_{t-1}] + b_i)      input gate
+        C~_t = tanh(W_C [x_t, h_{t-1}] + b_C)        candidate cell state
+        C_t = f_t * C_{t-1} + i_t * C~_t             cell state
+        o_t = sigmoid(W_o [x_t, h_{t-1}] + b_o)      output gate
+        h_t = o_t * tanh(C_t)
+    """
+    h = c = torch.zeros(layer.hidden_size)
+    states = []
+    for x in inputs:
+        gates = (
+            layer.weight_ih_l0 @ x + layer.bias_ih_l0 + layer.weight_hh_l0 @ h + layer.bias_hh_l0
+        )
+        i, f, candidate, o = gates.chunk(4)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(candidate)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        states.append(h)
+    return torch.stack(states)
+
+
+def course_gru(inputs: torch.Tensor, layer: torch.nn.GRU) -> torch.Tensor:
+    """The course's GRU from h_0 = 0 over inputs (T, I), as torch computes it (rows r, z, n):
+
+        r_t = sigmoid(W_r [x_t, h_{t-1}] + b_r)                reset gate
+        z_t = sigmoid(W_z [x_t, h_{t-1}] + b_z)                update gate
+        n_t = tanh(W_in x_t + b_in + r_t * (W_hn h_{t-1} + b_hn))
+        h_t = (1 - z_t) * n_t + z_t * h_{t-1}
+
+    Two differences from the course's drawing, both torch's (and cuDNN's): the reset gate
+    multiplies W_hn h_{t-1} rather than h_{t-1} itself, and z_t is the share of the old
+    state kept (the course's is the share of the new one, so the learned W_z changes sign).
+    """
+    h = torch.zeros(layer.hidden_size)
+    states = []
+    for x in inputs:
+        input_r, input_z, input_n = (layer.weight_ih_l0 @ x + layer.bias_ih_l0).chunk(3)
+        state_r, state_z, state_n = (layer.weight_hh_l0 @ h + layer.bias_hh_l0).chunk(3)
+        reset, update = torch.sigmoid(input_r + state_r), torch.sigmoid(input_z + state_z)
+        new = torch.tanh(input_n + reset * state_n)
+        h = (1 - update) * new + update * h
+        states.append(h)
+    return torch.stack(states)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("cell, formula", [("lstm", course_lstm), ("gru", course_gru)])
+def test_the_gated_cells_are_the_course_formulas(cell, formula):
+    net = network(cell=cell)
+    sentence = torch.tensor(SENTENCES[2])
+    states, _ = net.encoder(sentence[None], torch.tensor([len(sentence)]))  # (1, S, 2H)
+    forward = formula(net.encoder.embedding(sentence), net.encoder.rnn)  # (S, H)
+    torch.testing.assert_close(states[0, :, : forward.size(1)], forward)
+
+
 @pytest.mark.parametrize(
     "settings, message",
     [
