@@ -19,7 +19,13 @@ from seq2seq.cli import main
 from seq2seq.core.checkpoint import load_checkpoint
 from seq2seq.errors import Seq2SeqError
 from seq2seq.training.callbacks import AtomicCheckpointIO
-from seq2seq.training.data import EncodedPair, ResumableDataLoader, TokenBatchSampler, collate
+from seq2seq.training.data import (
+    EncodedPair,
+    ResumableDataLoader,
+    TokenBatchSampler,
+    TrainingPairs,
+    collate,
+)
 from seq2seq.training.module import assert_finite
 from tests.conftest import ROOT, tiny_train_args
 from tests.test_checkpoints import RunsCode
@@ -50,7 +56,9 @@ def test_loader_resumes_mid_epoch_with_the_same_batches_and_lightning_sets_its_e
 
     def loader() -> ResumableDataLoader:
         return ResumableDataLoader(
-            pairs, batch_sampler=TokenBatchSampler(lengths, 60, True, seed=3), collate_fn=collate
+            TrainingPairs(pairs),
+            batch_sampler=TokenBatchSampler(lengths, 60, True, seed=3),
+            collate_fn=collate,
         )
 
     first = loader()

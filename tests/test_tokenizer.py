@@ -55,3 +55,19 @@ def test_bpe_option_and_size(french):
     assert 900 <= tokenizer.vocab_size <= 1000
     bpe = train_tokenizer([e.references[0] for e in test], vocab_size=600, model_type="bpe")
     assert bpe.decode(bpe.encode(["Je suis là."])) == ["Je suis là."]
+
+
+@pytest.mark.parametrize("model_type, alpha", [("unigram", 0.3), ("bpe", 0.1)])
+def test_sampled_segmentations_repeat_by_seed_vary_between_seeds_and_decode_to_the_text(
+    french, model_type, alpha
+):
+    tokenizer, test = french
+    if model_type == "bpe":
+        tokenizer = train_tokenizer([e.references[0] for e in test], 600, model_type="bpe")
+    sentences = [e.references[0] for e in test[:200]]
+    first, again, other = (tokenizer.sample(sentences, alpha, seed) for seed in (1, 1, 2))
+    assert first == again
+    assert first != other
+    fixed = tokenizer.encode(sentences)
+    assert sum(a != b for a, b in zip(first, fixed)) > len(sentences) // 4  # segmented otherwise
+    assert tokenizer.decode(first) == tokenizer.decode(other) == tokenizer.decode(fixed)

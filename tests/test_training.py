@@ -38,14 +38,17 @@ def test_another_seed_gives_other_weights(tmp_path, data_dir, mirror):
     assert not torch.equal(first["encoder.embedding.weight"], second["encoder.embedding.weight"])
 
 
+@pytest.mark.parametrize(
+    "sampling", [[], ["--data.subword_sampling", "0.3"]], ids=["fixed", "subword-sampling"]
+)
 def test_rerunning_resumes_from_last_checkpoint_and_matches_an_uninterrupted_run(
-    tmp_path, data_dir, mirror, capsys
+    tmp_path, data_dir, mirror, capsys, sampling
 ):
-    uninterrupted = short_run(tmp_path / "straight", data_dir, mirror, 4)
-    short_run(tmp_path / "resumed", data_dir, mirror, 2)
+    uninterrupted = short_run(tmp_path / "straight", data_dir, mirror, 4, *sampling)
+    short_run(tmp_path / "resumed", data_dir, mirror, 2, *sampling)
     assert (tmp_path / "resumed" / "tiny" / "last.ckpt").is_file()
     capsys.readouterr()
-    resumed = short_run(tmp_path / "resumed", data_dir, mirror, 4)
+    resumed = short_run(tmp_path / "resumed", data_dir, mirror, 4, *sampling)
     assert "Resuming from" in capsys.readouterr().out
     assert_same_weights(uninterrupted, resumed)
 

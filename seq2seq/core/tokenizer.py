@@ -47,6 +47,22 @@ class Tokenizer:
         """Subword ids of each text, without bos/eos."""
         return self.processor.encode(list(texts), out_type=int)
 
+    def sample(self, texts: Sequence[str], alpha: float, seed: int) -> list[list[int]]:
+        """A random segmentation of each text, the same for the same seed: subword
+        regularization (Kudo, 2018) for unigram models, where `alpha` sharpens the sampling
+        (the lower, the more varied), and BPE-dropout (Provilkov et al., 2020) for bpe ones,
+        where `alpha` is the dropout probability. Decodes to the same text as `encode`."""
+        # SentencePiece's generator is global; one thread draws in a fixed order
+        spm.set_random_generator_seed(seed)
+        return self.processor.encode(
+            list(texts),
+            out_type=int,
+            enable_sampling=True,
+            alpha=alpha,
+            nbest_size=-1,
+            num_threads=1,
+        )
+
     def decode(self, ids: Sequence[Sequence[int]]) -> list[str]:
         """Detokenized text of each id sequence (special ids are dropped)."""
         return self.processor.decode([[int(i) for i in seq if i > EOS_ID] for seq in ids])

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from seq2seq.atomic import atomic_write
 from seq2seq.core.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer, train_tokenizer
@@ -57,6 +57,68 @@ def collate(pairs: Sequence[EncodedPair]) -> Batch:
         target_out[row, : len(pair.target) + 1] = torch.tensor([*pair.target, EOS_ID])
     lengths = torch.tensor([len(p.source) for p in pairs])
     return Batch(source, lengths, target_in, target_out, torch.tensor([p.index for p in pairs]))
+
+
+def fits(pair: EncodedPair, max_length: int) -> bool:
+    """Whether both sides of `pair` (the target with its bos or eos) are at most `max_length`."""
+    return max(len(pair.source), len(pair.target) + 1) <= max_length
+
+
+class SubwordSampling(NamedTuple):
+    """What `TrainingPairs` needs to segment its texts anew: the tokenizers, their `alpha`
+    (`Tokenizer.sample`), the longest pair kept and the seed of epoch 0."""
+
+    source_tokenizer: Tokenizer
+    target_tokenizer: Tokenizer
+    alpha: float
+    max_length: int
+    seed: int
+
+
+class TrainingPairs(Dataset[EncodedPair]):
+    """The training pairs, and with `sampling` a new random segmentation of them each epoch.
+
+    Batches are cut from the lengths of the fixed segmentation (`pairs`), so every epoch
+    cuts as many batches (`TokenBatchSampler`): a sampled segmentation is a little longer on
+    average (Multi30k, unigram, alpha 0.3: a tenth) and a pair sampled past `max_length`
+    keeps its fixed one. An epoch's segmentation depends only on the seed and the epoch, so
+    a resumed run and every DDP process see the same pairs.
+    """
+
+    def __init__(
+        self,
+        pairs: list[EncodedPair],
+        texts: list[tuple[str, str]] | None = None,
+        sampling: SubwordSampling | None = None,
+    ) -> None:
+        if sampling is not None and (texts is None or len(texts) != len(pairs)):
+            raise ValueError("subword sampling needs the text of every pair")
+        self.pairs = pairs
+        self.texts = texts
+        self.sampling = sampling
+        self._epoch_pairs = pairs
+        self._epoch: int | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Segment the texts for `epoch` (only with sampling, and once per epoch)."""
+        if self.sampling is None or epoch == self._epoch:
+            return
+        sampling, seed = self.sampling, 2 * (self.sampling.seed + epoch)
+        sources = sampling.source_tokenizer.sample([s for s, _ in self.texts], sampling.alpha, seed)
+        targets = sampling.target_tokenizer.sample(
+            [t for _, t in self.texts], sampling.alpha, seed + 1
+        )
+        self._epoch_pairs = []
+        for fixed, source, target in zip(self.pairs, sources, targets):
+            sampled = EncodedPair(source + [EOS_ID], target, fixed.index)
+            self._epoch_pairs.append(sampled if fits(sampled, sampling.max_length) else fixed)
+        self._epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> EncodedPair:
+        return self._epoch_pairs[index]
 
 
 class TokenBatchSampler(Sampler[list[int]]):
@@ -196,12 +258,14 @@ class ResumableDataLoader(DataLoader):
     holds for each process's own share.
     """
 
+    dataset: TrainingPairs
     batch_sampler: TokenBatchSampler
     _epoch = 0  # of the current or last pass
     _delivered = 0  # batches of that epoch handed to the training loop, skipped ones included
 
     def __iter__(self) -> Iterator[Batch]:
         self._epoch = self.batch_sampler.epoch
+        self.dataset.set_epoch(self._epoch)
         self._delivered = self.batch_sampler.batches_to_skip()
         for batch in super().__iter__():
             self._delivered += 1
@@ -232,6 +296,9 @@ class TranslationDataModule(L.LightningDataModule):
         max_tokens: padded tokens per batch (the longer side counts).
         max_length: training pairs with a side longer than this many tokens are dropped.
         max_train_examples: keep only the first N training examples (for quick experiments).
+        subword_sampling: None, or sample each training sentence's segmentation anew every
+            epoch with this alpha (subword regularization: `Tokenizer.sample`); translation
+            always uses the fixed segmentation.
         num_workers: DataLoader worker processes (batches are cheap: 0 is usually best).
         seed: seed of the batch shuffling.
     """
@@ -250,10 +317,12 @@ class TranslationDataModule(L.LightningDataModule):
         max_tokens: int = 2048,
         max_length: int = 100,
         max_train_examples: int | None = None,
+        subword_sampling: float | None = None,
         num_workers: int = 0,
         seed: int = 1234,
     ) -> None:
         super().__init__()
+        check_sampling_alpha(subword_sampling, tokenizer_type)
         self.corpus: Corpus = open_corpus(corpus, source_lang, target_lang, custom_files)
         self.corpus_name = corpus
         self.custom_files = custom_files
@@ -265,6 +334,7 @@ class TranslationDataModule(L.LightningDataModule):
         self.max_tokens = max_tokens
         self.max_length = max_length
         self.max_train_examples = max_train_examples
+        self.subword_sampling = subword_sampling
         self.num_workers = num_workers
         self.seed = seed
         self.source_tokenizer: Tokenizer | None = None
@@ -348,11 +418,17 @@ class TranslationDataModule(L.LightningDataModule):
         self.target_tokenizer = Tokenizer(target_path.read_bytes())
         self.splits = self.load_splits()
         train = training_pairs(self.splits[self.corpus.train_split])
-        self.train_pairs = [
-            p
-            for p in self.encode(train)
-            if max(len(p.source), len(p.target) + 1) <= self.max_length
-        ]
+        kept = [(p, text) for p, text in zip(self.encode(train), train) if fits(p, self.max_length)]
+        sampling = None
+        if self.subword_sampling is not None:
+            sampling = SubwordSampling(
+                self.source_tokenizer,
+                self.target_tokenizer,
+                self.subword_sampling,
+                self.max_length,
+                self.seed,
+            )
+        self.train_pairs = TrainingPairs([p for p, _ in kept], [text for _, text in kept], sampling)
         dropped = len(train) - len(self.train_pairs)
         print(
             "Corpus {} {}: {}; {} training pairs longer than {} tokens dropped".format(
@@ -377,9 +453,11 @@ class TranslationDataModule(L.LightningDataModule):
         """One pair per example (its first reference, for the loss); index = example number."""
         return self.encode([(e.source, e.references[0]) for e in self.splits[split]])
 
-    def _loader(self, pairs: list[EncodedPair], shuffle: bool) -> DataLoader:
-        """Token batches of `pairs`; under DDP, this process's share of them (see
-        `TokenBatchSampler`)."""
+    def _loader(
+        self, dataset: Dataset[EncodedPair], pairs: Sequence[EncodedPair], shuffle: bool
+    ) -> DataLoader:
+        """Token batches of `dataset`, cut by the lengths of `pairs` (its fixed segmentation);
+        under DDP, this process's share of them (see `TokenBatchSampler`)."""
         target_lengths = [len(p.target) + 1 for p in pairs]  # with bos (or eos)
         lengths = [max(len(p.source), length) for p, length in zip(pairs, target_lengths)]
         processes, rank = (
@@ -393,7 +471,7 @@ class TranslationDataModule(L.LightningDataModule):
         # global RNG (dropout), or a resumed run would drift from an uninterrupted one
         generator = torch.Generator().manual_seed(self.seed)
         return loader(
-            pairs,
+            dataset,
             batch_sampler=sampler,
             collate_fn=collate,
             num_workers=self.num_workers,
@@ -401,7 +479,23 @@ class TranslationDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_pairs, shuffle=True)
+        return self._loader(self.train_pairs, self.train_pairs.pairs, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.valid_pairs, shuffle=False)
+        return self._loader(self.valid_pairs, self.valid_pairs, shuffle=False)
+
+
+def check_sampling_alpha(alpha: float | None, tokenizer_type: str) -> None:
+    """Refuse an alpha SentencePiece cannot sample with, naming the valid range."""
+    if alpha is None:
+        return
+    if tokenizer_type == "bpe" and not 0 < alpha < 1:
+        raise Seq2SeqError(
+            f"data.subword_sampling={alpha} is a BPE-dropout probability with tokenizer_type bpe: "
+            "give one between 0 and 1 (0.1 is usual), or null to turn sampling off"
+        )
+    if alpha <= 0:
+        raise Seq2SeqError(
+            f"data.subword_sampling={alpha}: the unigram sampling alpha must be above 0 (0.1 to "
+            "1; the lower, the more varied the segmentations), or null to turn sampling off"
+        )
