@@ -52,8 +52,8 @@ def test_variants_train_score_and_fill_the_table_and_chart(small_config, tmp_pat
     assert "kept text" in text
     table = text.split(TABLE_START)[1].split(TABLE_END)[0]
     assert (
-        "| gru | gru | additive | bahdanau |" in table
-        and "| cgru | gru | additive | cgru |" in table
+        "| gru | gru | bi, 1 layer | additive | bahdanau |" in table
+        and "| cgru | gru | bi, 1 layer | additive | cgru |" in table
     )
 
     # a second call reuses the results in the run folders: nothing trains again

@@ -207,6 +207,25 @@ def test_the_plain_rnn_cell_is_the_course_formula():
     torch.testing.assert_close(after.hidden[0, 0], expected)
 
 
+@torch.no_grad()
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_a_one_way_encoder_reads_left_to_right_and_its_decoders_attend_over_it(decoder):
+    net = network(cell="rnn", bidirectional=False, decoder=decoder)
+    sentence = torch.tensor(SENTENCES[0])
+    states, final = net.encoder(sentence[None], torch.tensor([len(sentence)]))  # (1, S, H)
+    forward = course_rnn(net.encoder.embedding(sentence), net.encoder.rnn)
+    torch.testing.assert_close(states[0], forward)
+    torch.testing.assert_close(final[0], forward[-1])
+    source, lengths = padded(SENTENCES)
+    target_in = torch.cat((torch.full((3, 1), BOS_ID), torch.randint(4, VOCAB, (3, 4))), dim=1)
+    whole = net(source, lengths, target_in)
+    state = net.encode(source, lengths)
+    assert state.memory.shape == (3, source.size(1), 12)
+    for t in range(target_in.size(1)):
+        logits, _, state = net.decode_step(state, target_in[:, t])
+        torch.testing.assert_close(logits, whole[:, t], rtol=1e-4, atol=1e-5)
+
+
 def course_lstm(inputs: torch.Tensor, layer: torch.nn.LSTM) -> torch.Tensor:
     """The course's LSTM from h_0 = c_0 = 0 over inputs (T, I), each gate a linear layer of
     [x_t, h_{t-1}] (torch keeps the two halves as W_i* and W_h*, rows in the order i, f, g, o):

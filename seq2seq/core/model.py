@@ -10,8 +10,9 @@ A plain `nn.Module` (no Lightning here). Search talks to it only through `encode
 `decode_step`, with a `DecoderState` whose rows follow the sentences and beams it keeps.
 
 Shapes: B batch, S source length, T target length, E embedding size, H encoder hidden
-size per direction, D decoder hidden size, O attention output size, V vocabulary size,
-L decoder layers, R decoder rows (B, or B * beams in beam search).
+size per direction, M encoder state size (2H, or H one way), D decoder hidden size, O
+attention output size, V vocabulary size, L decoder layers, R decoder rows (B, or B * beams
+in beam search).
 """
 
 from __future__ import annotations
@@ -41,8 +42,10 @@ class ModelConfig:
 
     Attributes:
         embedding_size: source and target embedding size.
-        encoder_hidden_size: recurrent size per direction (the encoder states are twice this).
-        encoder_layers: stacked bidirectional recurrent layers.
+        encoder_hidden_size: recurrent size per direction.
+        encoder_layers: stacked encoder recurrent layers.
+        bidirectional: the encoder reads the sentence both ways (its states are then twice
+            `encoder_hidden_size` wide), or left to right only.
         decoder_hidden_size: decoder recurrent size.
         decoder_layers: stacked decoder recurrent layers (1 for `cgru`).
         cell: the recurrent cell of encoder and decoder: gru, lstm or rnn (plain tanh).
@@ -61,6 +64,7 @@ class ModelConfig:
     embedding_size: int = 256
     encoder_hidden_size: int = 256
     encoder_layers: int = 1
+    bidirectional: bool = True
     decoder_hidden_size: int = 512
     decoder_layers: int = 1
     attention: str = "additive"
@@ -89,6 +93,11 @@ class ModelConfig:
                 f"the cgru decoder has one layer (two cells around the attention), got "
                 f"decoder_layers={self.decoder_layers}: set decoder_layers 1 or decoder bahdanau"
             )
+
+    @property
+    def memory_size(self) -> int:
+        """The width of the encoder states (2H, or H one way): the attention's values."""
+        return (2 if self.bidirectional else 1) * self.encoder_hidden_size
 
     @property
     def encoder_cell_type(self) -> str:
@@ -120,7 +129,7 @@ class DecoderState:
 
     Attributes:
         hidden: (L, R, D) decoder state h.
-        memory: (B, S, 2H) encoder states: the attention values.
+        memory: (B, S, M) encoder states (M = 2H, or H one way): the attention values.
         keys: (B, S, *) attention keys, projected once per batch.
         source_mask: (B, S) True on real source positions.
         cell_state: (L, R, D) the LSTM's cell c; None for the GRU and the plain RNN.
@@ -173,7 +182,7 @@ class DecoderState:
 
 
 class Encoder(nn.Module):
-    """Embedding → dropout → bidirectional multi-layer GRU, LSTM or RNN over packed sequences."""
+    """Embedding → dropout → (bidirectional) multi-layer GRU, LSTM or RNN over packed sequences."""
 
     def __init__(self, vocab_size: int, config: ModelConfig) -> None:
         super().__init__()
@@ -184,21 +193,22 @@ class Encoder(nn.Module):
             config.encoder_hidden_size,
             num_layers=config.encoder_layers,
             batch_first=True,
-            bidirectional=True,
+            bidirectional=config.bidirectional,
             dropout=config.dropout if config.encoder_layers > 1 else 0.0,
         )
+        self.directions = 2 if config.bidirectional else 1
 
     def forward(self, source: Tensor, source_lengths: Tensor) -> tuple[Tensor, Tensor]:
-        """source: (B, S) ids, source_lengths: (B,). Returns states (B, S, 2H) and final (B, 2H)."""
+        """source: (B, S) ids, source_lengths: (B,). Returns states (B, S, M) and final (B, M)."""
         embedded = self.dropout(self.embedding(source))  # (B, S, E)
         packed = pack_padded_sequence(
             embedded, source_lengths.cpu(), batch_first=True, enforce_sorted=False
         )
-        outputs, last = self.rnn(packed)  # last: (layers * 2, B, H), or the LSTM's (h, c)
+        outputs, last = self.rnn(packed)  # last: (layers * directions, B, H), or the LSTM's (h, c)
         last = last[0] if isinstance(last, tuple) else last
-        # (B, S, 2H)
+        # (B, S, M)
         states, _ = pad_packed_sequence(outputs, batch_first=True, total_length=source.size(1))
-        final = torch.cat((last[-2], last[-1]), dim=-1)  # (B, 2H): top layer, both directions
+        final = torch.cat(tuple(last[-self.directions :]), dim=-1)  # (B, M): the top layer's
         return states, final
 
 
@@ -208,7 +218,7 @@ class Decoder(nn.Module):
 
     def __init__(self, vocab_size: int, config: ModelConfig) -> None:
         super().__init__()
-        memory_size = 2 * config.encoder_hidden_size
+        memory_size = config.memory_size
         output_size = config.embedding_size if config.tie_embeddings else config.decoder_hidden_size
         self.layers = config.decoder_layers
         self.is_lstm = config.decoder_cell_type == "lstm"
@@ -319,7 +329,7 @@ class ConditionalDecoder(Decoder):
         super().__init__(vocab_size, config)
         cell = RECURRENT_CELLS[config.decoder_cell_type]
         self.first = cell(config.embedding_size, config.decoder_hidden_size)
-        self.second = cell(2 * config.encoder_hidden_size, config.decoder_hidden_size)
+        self.second = cell(config.memory_size, config.decoder_hidden_size)
 
     def features(
         self, state: DecoderState, previous: Tensor
@@ -336,7 +346,7 @@ class ConditionalDecoder(Decoder):
             step_keys = keys if self.attention.rule != "concat" else keys[:, t::steps]
             context, step_weights = self.attention.context(
                 query, step_keys, state.memory, state.source_mask
-            )  # (B, beams, 2H), (B, beams, S)
+            )  # (B, beams, M), (B, beams, S)
             recurrent = self.second(context.reshape(rows, -1), recurrent)
             combined = self.attention.combine(self._hidden(recurrent).view(per_sentence), context)
             features.append(combined.reshape(rows, -1))  # (R, O)
@@ -375,7 +385,7 @@ class Seq2Seq(nn.Module):
 
     def encode(self, source: Tensor, source_lengths: Tensor) -> DecoderState:
         """source: (B, S) ids ending in eos, source_lengths: (B,). The decoder's first state."""
-        memory, final = self.encoder(source, source_lengths)  # (B, S, 2H), (B, 2H)
+        memory, final = self.encoder(source, source_lengths)  # (B, S, M), (B, M)
         source_mask = source != PAD_ID  # (B, S)
         return self.decoder.initial_state(memory, final, source_mask)
 

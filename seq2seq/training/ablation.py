@@ -1,11 +1,12 @@
 """The ablation: what each of the course's choices buys, on one training budget.
 
 Each variant is the benchmark config with one setting changed (`VARIANTS`): the cell (GRU,
-LSTM, plain RNN), the `Attn` score rule (additive, concat, dot) or the decoder (bahdanau,
-cgru). Each trains on the config's budget in its own process, one after the other (the
-machine to itself), then its best checkpoint is scored with beam 5 on a test split. A
-variant whose run folder already holds its result is not trained again, so an ablation
-cut short goes on where it stopped.
+LSTM, plain RNN), the encoder (one-way instead of bidirectional, two stacked layers instead
+of one), the `Attn` score rule (additive, concat, dot) or the decoder (bahdanau, cgru). Each
+trains on the config's budget in its own process, one after the other (the machine to
+itself), then its best checkpoint is scored with beam 5 on a test split. A variant whose run
+folder already holds its result is not trained again, so an ablation cut short goes on
+where it stopped.
 
 Results: `<output>.json` (every figure), `<output>.png` (the chart), and the table in
 BENCHMARKS.md between `TABLE_START` and `TABLE_END`.
@@ -22,16 +23,19 @@ from pathlib import Path
 from seq2seq.atomic import write_lines
 from seq2seq.core.checkpoint import load_checkpoint, load_network
 from seq2seq.core.evaluate import evaluate_checkpoint
+from seq2seq.core.model import ModelConfig
 from seq2seq.core.search import SearchSettings
 from seq2seq.errors import Seq2SeqError
 from seq2seq.figures import ablation_chart, read_run_metrics
 from seq2seq.training.bench import machine, replace_section
 
-# name: the config keys it changes (from the config's GRU + additive + bahdanau)
+# name: the config keys it changes (from the config's bidirectional GRU + additive + bahdanau)
 VARIANTS: dict[str, dict[str, str]] = {
     "gru": {},
     "lstm": {"model.network.cell": "lstm"},
     "rnn": {"model.network.cell": "rnn"},
+    "one-way": {"model.network.bidirectional": "false"},
+    "two-layer": {"model.network.encoder_layers": "2"},
     "concat": {"model.network.attention": "concat"},
     "dot": {"model.network.attention": "dot"},
     "cgru": {"model.network.decoder": "cgru"},
@@ -47,7 +51,8 @@ class VariantResult:
 
     Attributes:
         name: its key in `VARIANTS`.
-        cell, attention, decoder: the network it trained.
+        cell, encoder, attention, decoder: the network it trained (encoder: its directions
+            and layers).
         parameters: trainable parameters (tied ones once).
         steps: optimiser steps within the budget.
         tokens_per_second: target tokens per second of training, the mean of the rate the
@@ -59,6 +64,7 @@ class VariantResult:
 
     name: str
     cell: str
+    encoder: str
     attention: str
     decoder: str
     parameters: int
@@ -131,6 +137,7 @@ def score_variant(name: str, folder: Path, split: str) -> VariantResult:
     return VariantResult(
         name=name,
         cell=net.config.encoder_cell_type,
+        encoder=encoder_name(net.config),
         attention=net.config.attention,
         decoder=net.config.decoder,
         parameters=sum(p.numel() for p in net.parameters()),
@@ -143,6 +150,12 @@ def score_variant(name: str, folder: Path, split: str) -> VariantResult:
     )
 
 
+def encoder_name(config: ModelConfig) -> str:
+    """e.g. "bi, 1 layer" or "one-way, 2 layers"."""
+    layers = config.encoder_layers
+    return f"{'bi' if config.bidirectional else 'one-way'}, {layers} layer{'s' * (layers > 1)}"
+
+
 def markdown(results: list[VariantResult], config: str, command: str) -> str:
     info = machine()
     lines = [
@@ -151,13 +164,14 @@ def markdown(results: list[VariantResult], config: str, command: str) -> str:
         f"Machine: {info['cpu']} (flags: {info['cpu_flags']}), "
         f"{info['torch_threads']} torch threads.",
         "",
-        "| variant | cell | attention | decoder | parameters | steps | target tok/s "
+        "| variant | cell | encoder | attention | decoder | parameters | steps | target tok/s "
         "| BLEU | BLEU lc |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
-            f"| {r.name} | {r.cell} | {r.attention} | {r.decoder} | {r.parameters / 1e6:.2f} M "
+            f"| {r.name} | {r.cell} | {r.encoder} | {r.attention} | {r.decoder} "
+            f"| {r.parameters / 1e6:.2f} M "
             f"| {r.steps:,} | {r.tokens_per_second:,.0f} | {r.bleu:.2f} | {r.bleu_lowercased:.2f} |"
         )
     return "\n".join(lines)
