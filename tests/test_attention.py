@@ -62,6 +62,34 @@ def test_course_layout_matches_batched_attend(rule):
     torch.testing.assert_close(weights, batched_weights.squeeze(1))
 
 
+def course_weights(
+    attn: Attn, query: torch.Tensor, keys: torch.Tensor, positions: int
+) -> torch.Tensor:
+    """The course's three rules for one query (q,) over `positions` values, written out, to
+    (S,); keys (S, k), or for concat the query's one key (1, k)."""
+    if attn.rule == "concat":  # softmax(Linear([Q; K])): one key, one score per position
+        return torch.softmax(attn.attn(torch.cat((query, keys[0])))[:positions], dim=-1)
+    if attn.rule == "additive":  # softmax(v · tanh(Linear([Q; K_j]))), one linear layer split
+        weight = torch.cat((attn.query_proj.weight, attn.key_proj.weight), dim=1)
+        hidden = [weight @ torch.cat((query, key)) + attn.key_proj.bias for key in keys]
+        return torch.softmax(torch.stack([attn.energy.weight[0] @ h.tanh() for h in hidden]), -1)
+    return torch.softmax(keys @ query / keys.size(-1) ** 0.5, dim=-1)  # Q · K^T / sqrt(d)
+
+
+@pytest.mark.parametrize("rule", ["concat", "additive", "dot"])
+def test_each_rule_weighs_the_values_as_the_course_writes_it(rule):
+    torch.manual_seed(0)
+    attn = Attn(12, 12, 10, 12, 20, rule=rule, attention_size=24)
+    query, keys, values = torch.randn(12), torch.randn(6, 12), torch.randn(6, 12)
+    keys = keys[:1] if rule == "concat" else keys  # concat pairs the query with one key
+    output, weights = attn.attend(query[None, None], attn.project_keys(keys[None]), values[None])
+    expected = course_weights(attn, query, keys, positions=6)
+    torch.testing.assert_close(weights[0, 0], expected, rtol=1e-4, atol=1e-6)
+    # then the course's ending: Linear([Q; weights · V])
+    combined = attn.attn_combine(torch.cat((query, expected @ values)))
+    torch.testing.assert_close(output[0, 0], combined, rtol=1e-4, atol=1e-5)
+
+
 def test_rules_give_different_scores():
     outputs = {}
     for rule in ("additive", "dot"):
