@@ -6,6 +6,7 @@
     seq2seq evaluate --checkpoint CKPT [--split NAME] [--beam-size 5]
     seq2seq evaluate --hyp FILE --ref FILE [--ref FILE ...]
     seq2seq average --output CKPT CKPT1 CKPT2 ...
+    seq2seq shortlist CKPT
     seq2seq plot RUN_DIR
     seq2seq bench [--config configs/bench-multi30k-en-de.yaml] [--serve]
     seq2seq ablation [--config configs/bench-multi30k-en-de.yaml] [--variants gru lstm ...]
@@ -118,6 +119,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     average.add_argument("--output", required=True, help="the averaged checkpoint to write")
     average.set_defaults(run=run_average)
+
+    shortlist = commands.add_parser(
+        "shortlist",
+        help="add the lexical shortlist of its training corpus to a checkpoint written without "
+        "one (training writes it into every checkpoint)",
+    )
+    shortlist.add_argument("checkpoint", help="the checkpoint to add it to (rewritten in place)")
+    shortlist.add_argument(
+        "--mirror", help="folder to copy corpus files from (default: $SEQ2SEQ_DATA_MIRROR)"
+    )
+    shortlist.set_defaults(run=run_shortlist)
 
     plot = commands.add_parser("plot", help="draw a run's loss and validation BLEU curves to PNG")
     plot.add_argument("run_dir", help="a run folder, e.g. checkpoints/tatoeba-en-fr")
@@ -332,6 +344,13 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
             "(default: one per thread)"
         ),
     )
+    parser.add_argument(
+        "--no-shortlist",
+        dest="shortlist",
+        action="store_false",
+        help="score every target piece at each step, not only the likely ones of the "
+        "checkpoint's lexical shortlist (checkpoints without one always do)",
+    )
 
 
 def search_settings(args: argparse.Namespace) -> SearchSettings:
@@ -355,7 +374,12 @@ def run_translate(args: argparse.Namespace) -> None:
     from seq2seq.corpora import read_lines
 
     translator = Translator.from_checkpoint(
-        args.checkpoint, args.device, search_settings(args), args.precision, args.workers
+        args.checkpoint,
+        args.device,
+        search_settings(args),
+        args.precision,
+        args.workers,
+        args.shortlist,
     )
     if args.input is None and sys.stdin.isatty():
         interactive(translator)
@@ -464,6 +488,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
         search_settings(args),
         args.precision,
         args.workers,
+        args.shortlist,
     )
     for result in report.results:
         print(f"{result.split} ({result.sentences} sentences, {report.search['name']}):")
@@ -477,6 +502,17 @@ def run_average(args: argparse.Namespace) -> None:
 
     average_checkpoints(args.checkpoints, args.output)
     print(f"Averaged {len(args.checkpoints)} checkpoints into {args.output}")
+
+
+def run_shortlist(args: argparse.Namespace) -> None:
+    from seq2seq.core.checkpoint import add_shortlist
+
+    shortlist = add_shortlist(args.checkpoint, args.mirror)
+    rows, per_source = shortlist.candidates.shape
+    print(
+        f"Added to {args.checkpoint}: {per_source} candidates for each of {rows:,} source "
+        f"pieces and {len(shortlist.frequent):,} frequent target pieces"
+    )
 
 
 def run_plot(args: argparse.Namespace) -> None:
@@ -505,6 +541,7 @@ def run_serve(args: argparse.Namespace) -> None:
         limits=limits,
         device=args.device,
         workers=args.workers,
+        shortlist=args.shortlist,
         access_log=args.access_log,
     )
 

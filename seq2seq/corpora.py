@@ -445,6 +445,19 @@ def open_corpus(
     return CORPORA[name](source_lang, target_lang)
 
 
+def load_recorded_corpus(
+    info: dict, mirror: str | os.PathLike | None = None
+) -> tuple[Corpus, dict[str, list[Example]]]:
+    """The corpus a checkpoint records (its `corpus` section: name, languages, files,
+    data folder), fetched there if need be, and its splits."""
+    corpus = open_corpus(
+        info["corpus"], info["source_lang"], info["target_lang"], info.get("custom_files")
+    )
+    data_dir = Path(info["data_dir"])
+    corpus.prepare(data_dir, mirror)
+    return corpus, corpus.load(data_dir)
+
+
 def training_pairs(examples: list[Example]) -> list[tuple[str, str]]:
     """One (source, reference) pair per reference: what the model is trained on."""
     return [(example.source, reference) for example in examples for reference in example.references]

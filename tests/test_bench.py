@@ -46,12 +46,18 @@ def test_bench_measures_training_and_translation_and_writes_both_reports(
     assert 0 < training.between_steps_percent < 100
     assert results.flops_per_target_token > 1e4  # a tiny model still costs tens of kFLOP per token
     precisions = ["fp32", "bf16", "int8"] if native_bf16("cpu") else ["fp32", "int8"]
-    expected = [(search, precision) for precision in precisions for search in ("greedy", "beam5")]
-    assert [(t.search, t.precision) for t in results.translation] == expected
-    assert set(results.latency_ms) == {f"{search} {precision}" for search, precision in expected}
+    expected = [
+        (search, precision, shortlist)
+        for precision in precisions
+        for shortlist in (True, False)
+        for search in ("greedy", "beam5")
+    ]
+    assert [(t.search, t.precision, t.shortlist) for t in results.translation] == expected
+    assert set(results.latency_ms) == {t.name for t in results.translation}
+    assert "beam5 fp32 full" in results.latency_ms
 
     translator = Translator.from_checkpoint(tiny_checkpoint, "cpu", precision="fp32")
-    examples = next(iter(load_split(translator, None, str(mirror)).values()))[:40]
+    examples = next(iter(load_split(translator.corpus, None, str(mirror)).values()))[:40]
     expected = score(
         translator.translate([e.source for e in examples]), [e.references for e in examples]
     )[0].score
@@ -69,7 +75,7 @@ def test_bench_measures_training_and_translation_and_writes_both_reports(
         "cpu_native_bf16"
     ] == native_bf16("cpu")
     markdown = (tmp_path / "BENCH.md").read_text()
-    assert "| 32-true |" in markdown and "| beam5 | int8 |" in markdown
+    assert "| 32-true |" in markdown and "| beam5 | int8 | off |" in markdown
     # AVX2 and AVX512 runs are not comparable
     assert report["machine"]["cpu_vector_unit"] in markdown
 
@@ -199,7 +205,7 @@ def test_peer_comparison_reads_the_summary_times_both_sides_and_writes_its_secti
     assert comparison.peak_rss("seq2seq") > 100  # a translating process holds torch and the model
 
     translator = Translator.from_checkpoint(tiny_checkpoint, "cpu")
-    examples = load_split(translator, "test", str(mirror))["test"][:20]
+    examples = load_split(translator.corpus, "test", str(mirror))["test"][:20]
     expected = score(
         translator.translate([e.source for e in examples]), [e.references for e in examples]
     )[0].score

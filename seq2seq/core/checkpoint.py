@@ -9,6 +9,8 @@ resumes from, and a `seq2seq` section with everything translation needs:
     source_tokenizer  the source SentencePiece model (bytes)
     target_tokenizer  the target SentencePiece model (bytes)
     corpus            what it was trained on (name, languages, splits)
+    shortlist         optional: the lexical shortlist of its training pairs
+                      (`Shortlist.to_dict`); checkpoints written before it have none
 
 Version 1 also held `max_length_ratio`, the output cap, which is now a search setting
 (`SearchSettings`); version-1 files load with it dropped. Files are loaded with
@@ -27,7 +29,9 @@ import torch
 
 from seq2seq.atomic import atomic_write
 from seq2seq.core.model import ModelConfig, Seq2Seq
+from seq2seq.core.shortlist import Shortlist, build_shortlist
 from seq2seq.core.tokenizer import Tokenizer
+from seq2seq.corpora import load_recorded_corpus, training_pairs
 from seq2seq.errors import Seq2SeqError
 
 FORMAT_VERSION = 2
@@ -38,16 +42,29 @@ MUST_MATCH_TO_AVERAGE = ("network", "source_tokenizer", "target_tokenizer")
 
 
 def translation_section(
-    network: ModelConfig, source: Tokenizer, target: Tokenizer, corpus: dict
+    network: ModelConfig,
+    source: Tokenizer,
+    target: Tokenizer,
+    corpus: dict,
+    shortlist: Shortlist | None = None,
 ) -> dict:
     """The `seq2seq` section of a checkpoint: what `load_network` rebuilds a model from."""
-    return {
+    section = {
         "format_version": FORMAT_VERSION,
         "network": asdict(network),
         "source_tokenizer": source.model_proto,
         "target_tokenizer": target.model_proto,
         "corpus": corpus,
     }
+    if shortlist is not None:
+        section["shortlist"] = shortlist.to_dict()
+    return section
+
+
+def load_shortlist(checkpoint: dict) -> Shortlist | None:
+    """The checkpoint's shortlist, None if it was written without one."""
+    values = checkpoint["seq2seq"].get("shortlist")
+    return None if values is None else Shortlist.from_dict(values)
 
 
 def save_checkpoint(checkpoint: dict, path: str | Path) -> None:
@@ -122,6 +139,21 @@ def load_network(checkpoint: dict, path: str | Path) -> tuple[Seq2Seq, Tokenizer
             f"checkpoint {path} weights do not fit its network settings: {str(error)[:300]}"
         ) from None
     return net.eval(), source, target
+
+
+def add_shortlist(path: str | Path, mirror: str | None = None) -> Shortlist:
+    """Build the lexical shortlist of the training pairs a checkpoint was trained on and save
+    it into the checkpoint: once per model, for checkpoints written without one."""
+    checkpoint = load_checkpoint(path)
+    info = checkpoint["seq2seq"]
+    source, target = Tokenizer(info["source_tokenizer"]), Tokenizer(info["target_tokenizer"])
+    corpus, splits = load_recorded_corpus(info["corpus"], mirror)
+    pairs = training_pairs(splits[corpus.train_split])
+    ids = zip(source.encode([s for s, _ in pairs]), target.encode([t for _, t in pairs]))
+    shortlist = build_shortlist(list(ids), source.vocab_size, target.vocab_size)
+    info["shortlist"] = shortlist.to_dict()
+    save_checkpoint(checkpoint, path)
+    return shortlist
 
 
 def average_checkpoints(paths: Sequence[str | Path], output: str | Path) -> dict:

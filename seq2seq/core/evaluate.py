@@ -21,7 +21,7 @@ from sacrebleu.metrics.bleu import BLEUScore
 from seq2seq.atomic import write_lines
 from seq2seq.core.search import SearchSettings
 from seq2seq.core.translate import BATCH_SIZE, PRECISIONS, Translator
-from seq2seq.corpora import Example, open_corpus, read_lines
+from seq2seq.corpora import Example, load_recorded_corpus, read_lines
 from seq2seq.errors import Seq2SeqError
 
 
@@ -88,16 +88,11 @@ def score_files(hypothesis_file: str | Path, reference_files: list[str | Path]) 
 
 
 def load_split(
-    translator: Translator, split: str | None, mirror: str | None = None
+    info: dict, split: str | None, mirror: str | None = None
 ) -> dict[str, list[Example]]:
-    """The named split (default: every test split) of the corpus the model was trained on."""
-    info = translator.corpus
-    corpus = open_corpus(
-        info["corpus"], info["source_lang"], info["target_lang"], info.get("custom_files")
-    )
-    data_dir = Path(info["data_dir"])
-    corpus.prepare(data_dir, mirror)
-    splits = corpus.load(data_dir)
+    """The named split (default: every test split) of the corpus a model was trained on,
+    `info` the checkpoint's corpus section (`Translator.corpus`)."""
+    corpus, splits = load_recorded_corpus(info, mirror)
     wanted = [split] if split else list(corpus.test_splits)
     unknown = [name for name in wanted if name not in splits]
     if unknown or not wanted:
@@ -185,22 +180,26 @@ def evaluate_checkpoint(
     search: SearchSettings = SearchSettings(),
     precision: str = PRECISIONS[0],
     workers: int | None = None,
+    shortlist: bool = True,
 ) -> Report:
     """Translate split(s) of the model's corpus and score them.
 
     Beside the checkpoint go the translations (`<stem>.<search>.<split>.<lang>`) and the
-    report (`<stem>.<search>.report.md` and `.json`); the search name (`greedy`, `beam5`)
-    keeps runs with different settings apart.
+    report (`<stem>.<search>.report.md` and `.json`); the search name (`greedy`, `beam5`),
+    a precision other than the default and `.no-shortlist` keep runs with different settings
+    apart.
     """
     checkpoint = Path(checkpoint)
     translator = Translator.from_checkpoint(
-        checkpoint, search=search, precision=precision, workers=workers
+        checkpoint, search=search, precision=precision, workers=workers, shortlist=shortlist
     )
-    prefix = f"{checkpoint.stem}.{search.describe()}" + (
-        "" if precision in ("auto", "fp32") else f".{precision}"
+    prefix = (
+        f"{checkpoint.stem}.{search.describe()}"
+        + ("" if precision in ("auto", "fp32") else f".{precision}")
+        + ("" if shortlist else ".no-shortlist")
     )
     results = []
-    for name, examples in load_split(translator, split, mirror).items():
+    for name, examples in load_split(translator.corpus, split, mirror).items():
         start = time.perf_counter()
         hypotheses = translator.translate([e.source for e in examples], batch_size)
         seconds = time.perf_counter() - start
@@ -225,6 +224,7 @@ def evaluate_checkpoint(
             "name": search.describe(),
             **asdict(search),
             "precision": translator.precision,
+            "shortlist": translator.shortlist is not None,
         },
         translator.corpus,
         results,

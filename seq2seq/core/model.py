@@ -21,6 +21,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Literal, get_args
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -134,6 +135,10 @@ class DecoderState:
         source_mask: (B, S) True on real source positions.
         cell_state: (L, R, D) the LSTM's cell c; None for the GRU and the plain RNN.
         beams: decoder rows per sentence.
+        output_weight: (C, O) the output layer's rows of the C target ids a shortlist
+            allows (`Seq2Seq.restrict`), so logits are (R, C); None: all V ids.
+        output_allowed: (B, C) which of those ids each sentence's own list holds; the
+            others' logits are -inf.
     """
 
     hidden: Tensor
@@ -142,6 +147,8 @@ class DecoderState:
     source_mask: Tensor
     cell_state: Tensor | None = None
     beams: int = 1
+    output_weight: Tensor | None = None
+    output_allowed: Tensor | None = None
 
     @property
     def recurrent(self) -> Recurrent:
@@ -167,11 +174,13 @@ class DecoderState:
         rows = (
             indices.unsqueeze(1) * self.beams + torch.arange(self.beams, device=indices.device)
         ).flatten()
+        allowed = self.output_allowed
         return self._rows(
             rows,
             memory=self.memory.index_select(0, indices),
             keys=self.keys.index_select(0, indices),
             source_mask=self.source_mask.index_select(0, indices),
+            output_allowed=None if allowed is None else allowed.index_select(0, indices),
         )
 
     def select_beams(self, rows: Tensor) -> DecoderState:
@@ -252,9 +261,14 @@ class Decoder(nn.Module):
         return DecoderState(hidden, memory, keys, source_mask, cell_state)
 
     def forward(self, state: DecoderState, previous: Tensor) -> tuple[Tensor, Tensor, DecoderState]:
-        """previous: (R, T) input ids. Returns logits (R, T, V), attention (R, T, S), new state."""
+        """previous: (R, T) input ids. Returns logits (R, T, V), or (R, T, C) over a shortlist,
+        attention (R, T, S) and the new state."""
         features, weights, state = self.features(state, previous)
-        return self.project(features), weights, state
+        logits = self.project(features, state.output_weight)  # (R, T, V) or (R, T, C)
+        if state.output_allowed is not None:
+            allowed = state.output_allowed.repeat_interleave(state.beams, dim=0)  # (R, C)
+            logits = logits.masked_fill(~allowed.unsqueeze(1), float("-inf"))
+        return logits, weights, state
 
     def features(
         self, state: DecoderState, previous: Tensor
@@ -269,9 +283,19 @@ class Decoder(nn.Module):
             return state.keys
         return embedded.reshape(state.memory.size(0), -1, embedded.size(-1))
 
-    def project(self, features: Tensor) -> Tensor:
-        """The output layer: features (..., O) to logits (..., V)."""
-        return self.output(self.dropout(torch.tanh(features)))
+    def project(self, features: Tensor, weight: Tensor | None = None) -> Tensor:
+        """The output layer: features (..., O) to logits (..., V), or with `weight` (C, O),
+        some of its rows, to logits (..., C)."""
+        hidden = self.dropout(torch.tanh(features))
+        return self.output(hidden) if weight is None else F.linear(hidden, weight)
+
+    def output_rows(self, vocabulary: Tensor) -> Tensor:
+        """The output layer's weight rows (C, O) of target ids `vocabulary` (C,)."""
+        weight = self.output.weight
+        # an int8 layer (dynamic quantization) gives its weight by a call: dequantized here
+        weight = weight() if callable(weight) else weight
+        rows = weight.index_select(0, vocabulary)
+        return rows.dequantize() if rows.is_quantized else rows
 
 
 class BahdanauDecoder(Decoder):
@@ -389,10 +413,17 @@ class Seq2Seq(nn.Module):
         source_mask = source != PAD_ID  # (B, S)
         return self.decoder.initial_state(memory, final, source_mask)
 
+    def restrict(self, state: DecoderState, ids: Tensor, allowed: Tensor) -> DecoderState:
+        """`state` whose steps score only the target ids `ids` (C,), each sentence only those
+        `allowed` (B, C) marks: logit column c is the full output layer's for id ids[c],
+        -inf where the sentence's list lacks it."""
+        return replace(state, output_weight=self.decoder.output_rows(ids), output_allowed=allowed)
+
     def decode_step(
         self, state: DecoderState, previous: Tensor
     ) -> tuple[Tensor, Tensor, DecoderState]:
-        """previous: (B,) last tokens. Returns logits (B, V), attention (B, S), next state."""
+        """previous: (B,) last tokens. Returns logits (B, V) (or (B, C) for a `restrict`ed
+        state), attention (B, S), next state."""
         logits, weights, state = self.decoder(state, previous.unsqueeze(1))
         return logits.squeeze(1), weights.squeeze(1), state
 

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from seq2seq.core.shortlist import BatchVocabulary
 from seq2seq.core.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from seq2seq.errors import Seq2SeqError
 
@@ -95,12 +96,13 @@ def greedy_search(
     source: Tensor,
     source_lengths: Tensor,
     settings: SearchSettings = SearchSettings(),
+    vocabulary: BatchVocabulary | None = None,
 ) -> list[Hypothesis]:
     """Pick the most probable token at every step, for a whole batch at once.
 
     source: (B, S) ids, source_lengths: (B,). Sentences that finish are dropped from the
     batch (the state is reordered), so they stop costing compute. Only the settings'
-    length cap applies.
+    length cap applies. `vocabulary`: the target ids a shortlist allows (`first_state`).
     """
     batch, source_len = source.shape
     device = source.device
@@ -111,13 +113,14 @@ def greedy_search(
     scores = torch.zeros(batch, device=device)
     lengths = torch.zeros(batch, dtype=torch.long, device=device)
 
-    state = model.encode(source, source_lengths)
+    state = first_state(model, source, source_lengths, vocabulary)
     active = torch.arange(batch, device=device)  # rows of the batch still decoding
     previous = torch.full((batch,), BOS_ID, dtype=torch.long, device=device)
     for t in range(steps):
         logits, weights, state = model.decode_step(state, previous)  # (A, V), (A, S)
         best_scores, best = top_k(F.log_softmax(logits.float(), dim=-1), 1)  # (A, 1) each
         best_scores, best = best_scores.squeeze(1), best.squeeze(1)  # (A,)
+        best = best if vocabulary is None else vocabulary.ids[best]
         tokens[active, t] = best
         attention[active, t] = weights.float()
         scores[active] += best_scores
@@ -137,6 +140,21 @@ def greedy_search(
         )
         for i in range(batch)
     ]
+
+
+def first_state(
+    model: torch.nn.Module,
+    source: Tensor,
+    source_lengths: Tensor,
+    vocabulary: BatchVocabulary | None,
+) -> object:
+    """The model's first decoder state; with a shortlist's `vocabulary`, one whose steps
+    score only its ids (logits (R, C), each sentence's softmax over its own list: scores
+    are log-probabilities within it)."""
+    state = model.encode(source, source_lengths)
+    if vocabulary is None:
+        return state
+    return model.restrict(state, vocabulary.ids, vocabulary.allowed)
 
 
 def _hypothesis(
@@ -237,9 +255,15 @@ class BeamState:
         )
 
     def expand(
-        self, logits: Tensor, weights: Tensor, length: int, settings: SearchSettings
+        self,
+        logits: Tensor,
+        weights: Tensor,
+        length: int,
+        settings: SearchSettings,
+        vocabulary: BatchVocabulary | None = None,
     ) -> Extensions:
-        """Rank the extensions of every row by this step's logits (R, V) and weights (R, S).
+        """Rank the extensions of every row by this step's logits (R, V) and weights (R, S);
+        with a shortlist, logits (R, C) over the target ids `vocabulary.ids` (C,).
 
         Every extension of a row shares its coverage, and every extension of this step
         its length: ranking by log-probability + length penalty * coverage penalty is
@@ -252,6 +276,7 @@ class BeamState:
         ranked, rows, tokens = best_extensions(
             logits, self.scores + row_bonus.view_as(self.scores), 2 * settings.beam_size
         )
+        tokens = tokens if vocabulary is None else vocabulary.ids[tokens]
         return Extensions(
             ranked=ranked,
             log_probabilities=ranked - row_bonus[rows],
@@ -323,6 +348,7 @@ def beam_search(
     source: Tensor,
     source_lengths: Tensor,
     settings: SearchSettings,
+    vocabulary: BatchVocabulary | None = None,
 ) -> list[list[Hypothesis]]:
     """Beam search for a whole batch: every sentence and beam in one decoder call per step.
 
@@ -332,7 +358,8 @@ def beam_search(
     extension ends it and it holds `nbest` finished hypotheses (OpenNMT-py's rule: faster
     than waiting for beam_size of them at the same BLEU), or at its length cap; done
     sentences leave the batch. The vocabulary must hold 2 * beam_size tokens. Returns, per
-    sentence, its `nbest` hypotheses, best first.
+    sentence, its `nbest` hypotheses, best first. `vocabulary`: the target ids a shortlist
+    allows (`first_state`).
 
     Hypotheses rank by log-probability / length penalty (`alpha`) + coverage penalty
     (`beta`), at every step (OpenNMT-py's stepwise penalty): left to log-probability
@@ -346,10 +373,11 @@ def beam_search(
     finished_count = torch.zeros(batch, dtype=torch.long, device=device)  # (B,)
     in_beam = torch.arange(2 * settings.beam_size, device=device) < settings.beam_size  # (2K,)
 
-    beam = BeamState.start(model.encode(source, source_lengths), source_lengths, source_len)
+    state = first_state(model, source, source_lengths, vocabulary)
+    beam = BeamState.start(state, source_lengths, source_len)
     for t in range(int(caps.max())):
         logits, weights, decoder = model.decode_step(beam.decoder, beam.previous)  # (R, V), (R, S)
-        extensions = beam.expand(logits, weights, t + 1, settings)
+        extensions = beam.expand(logits, weights, t + 1, settings, vocabulary)
         at_cap = t + 1 >= caps[beam.sentences]  # (A,)
         final = in_beam & (extensions.is_eos | at_cap.unsqueeze(1))  # (A, 2K)
         if final.any():

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import torch
 
-from seq2seq.core.checkpoint import load_checkpoint, load_network
+from seq2seq.core.checkpoint import load_checkpoint, load_network, load_shortlist
 from seq2seq.core.model import Seq2Seq
 from seq2seq.core.search import Hypothesis, SearchSettings, beam_search, greedy_search
+from seq2seq.core.shortlist import Shortlist
 from seq2seq.core.tokenizer import EOS_ID, MAX_PIECE_LENGTH, Tokenizer
 from seq2seq.errors import Seq2SeqError
 
@@ -116,6 +117,7 @@ class Translator:
         search: SearchSettings = SearchSettings(),
         precision: str = PRECISIONS[0],
         workers: int | None = None,
+        shortlist: Shortlist | None = None,
     ) -> None:
         """`search`: the settings of calls that bring none.
 
@@ -124,6 +126,8 @@ class Translator:
         (`resolve_precision`).
         `workers`: batches searched side by side on a CPU, each with an equal share of
         torch's threads (default: one per thread; on a GPU always one).
+        `shortlist`: score only each batch's likely target pieces (`seq2seq.core.shortlist`);
+        None: the whole output layer.
         """
         precision = resolve_precision(precision, next(net.parameters()).device)
         if workers is not None and workers < 1:
@@ -136,6 +140,7 @@ class Translator:
         self.corpus = corpus or {}
         self.check_search(search)
         self.search = search
+        self.shortlist = shortlist
 
     @property
     def max_beam_size(self) -> int:
@@ -170,7 +175,9 @@ class Translator:
         search: SearchSettings = SearchSettings(),
         precision: str = PRECISIONS[0],
         workers: int | None = None,
+        shortlist: bool = True,
     ) -> Translator:
+        """`shortlist`: use the checkpoint's shortlist, if it has one."""
         checkpoint = load_checkpoint(path)
         net, source_tokenizer, target_tokenizer = load_network(checkpoint, path)
         device = device or ("cuda" if torch.cuda.is_available() and precision != "int8" else "cpu")
@@ -186,6 +193,7 @@ class Translator:
             search,
             precision,
             workers,
+            load_shortlist(checkpoint) if shortlist else None,
         )
 
     def translate(self, lines: Sequence[str], batch_size: int = BATCH_SIZE) -> list[str]:
@@ -296,9 +304,14 @@ class Translator:
     def _run_search(
         self, source: torch.Tensor, lengths: torch.Tensor, search: SearchSettings
     ) -> list[list[Hypothesis]]:
+        # beam search ranks 2 x beam tokens of each sentence: every list holds the frequent ones
+        wide_enough = self.shortlist is not None and (
+            len(self.shortlist.frequent) >= 2 * search.beam_size
+        )
+        vocabulary = self.shortlist.for_batch(source) if wide_enough else None
         if search.beam_size == 1:
-            return [[h] for h in greedy_search(self.net, source, lengths, search)]
-        return beam_search(self.net, source, lengths, search)
+            return [[h] for h in greedy_search(self.net, source, lengths, search, vocabulary)]
+        return beam_search(self.net, source, lengths, search, vocabulary)
 
     def source_pieces(self, translation: Translation) -> list[str]:
         """The source subwords the model read, eos included (attention's columns)."""

@@ -233,7 +233,7 @@ def run_serve_bench(
             "CONFIG=configs/bench-multi30k-en-de.yaml)"
         )
     translator = Translator.from_checkpoint(checkpoint, "cpu")
-    split = next(iter(load_split(translator, None, mirror).values()))
+    split = next(iter(load_split(translator.corpus, None, mirror).values()))
     lines = [example.source for example in split[:sentences]]
     results = ServeBenchResults(machine(), checkpoint, len(lines))
     for precision in precisions:

@@ -66,6 +66,7 @@ def load_models(
     limits: ServeLimits,
     device: str | None = None,
     workers: int | None = None,
+    shortlist: bool = True,
     on_batch: Callable[[int], None] | None = None,
 ) -> list[ServedModel]:
     """Load every checkpoint once; refuse two models for one language pair or one name.
@@ -82,7 +83,7 @@ def load_models(
         )
     models: list[ServedModel] = []
     for index, path in enumerate(checkpoints):
-        translator = Translator.from_checkpoint(path, device, search, precision, workers)
+        translator = Translator.from_checkpoint(path, device, search, precision, workers, shortlist)
         model = ServedModel(
             index,
             Path(path).resolve().parent.name,

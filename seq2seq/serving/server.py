@@ -28,6 +28,7 @@ def serve(
     limits: ServeLimits,
     device: str | None,
     workers: int | None,
+    shortlist: bool,
     access_log: bool,
 ) -> None:
     """Serve until stopped. The models load before the port opens, so a client that can
@@ -39,7 +40,7 @@ def serve(
     )
     if limits.threads:
         torch.set_num_threads(limits.threads)
-    models = load_models(checkpoints, search, precision, limits, device, workers)
+    models = load_models(checkpoints, search, precision, limits, device, workers, shortlist)
     for model in models:
         log.info(
             "model %d %r: %s→%s, %s, %d torch threads",

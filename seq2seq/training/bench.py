@@ -16,6 +16,7 @@ It writes a markdown summary and the raw figures as JSON.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from seq2seq.atomic import write_lines
+from seq2seq.core.checkpoint import load_checkpoint, load_shortlist
 from seq2seq.core.evaluate import load_split, score
 from seq2seq.core.search import SearchSettings
 from seq2seq.core.tokenizer import PAD_ID
@@ -56,12 +58,18 @@ class TrainingFigures:
 class TranslationFigures:
     search: str
     precision: str
+    shortlist: bool  # the checkpoint's lexical shortlist on
     batch_size: int
     workers: int  # batches searched side by side (`Translator.worker_count`)
     sentences: int
     sentences_per_second: float
     target_tokens_per_second: float
     bleu: float
+
+    @property
+    def name(self) -> str:
+        """e.g. "beam5 bf16", or "beam5 bf16 full" without the shortlist."""
+        return f"{self.search} {self.precision}" + ("" if self.shortlist else " full")
 
 
 @dataclass
@@ -280,6 +288,7 @@ def measure_translation(
     return TranslationFigures(
         translator.search.describe(),
         translator.precision,
+        translator.shortlist is not None,
         batch_size,
         translator.worker_count,
         len(sources),
@@ -366,22 +375,25 @@ def run_bench(
         *(["bf16"] if native_bf16(device) else []),
         *(["int8"] if device == "cpu" else []),
     ]
-    split = None
-    for precision in inference_precisions:
+    saved = load_checkpoint(checkpoint)
+    split = load_split(saved["seq2seq"]["corpus"], None, mirror)
+    split = next(iter(split.values()))[:sentences]
+    # with the shortlist (the default) and without, where the checkpoint has one
+    shortlists = (True, False) if load_shortlist(saved) is not None else (False,)
+    for precision, shortlist in itertools.product(inference_precisions, shortlists):
         for search in (SearchSettings(), SearchSettings(beam_size=beam_size)):
-            translator = Translator.from_checkpoint(checkpoint, device, search, precision)
-            # read once
-            split = split or next(iter(load_split(translator, None, mirror).values()))[:sentences]
+            translator = Translator.from_checkpoint(
+                checkpoint, device, search, precision, shortlist=shortlist
+            )
             figures = measure_translation(
                 translator, [e.source for e in split], [e.references for e in split], batch_size
             )
             results.translation.append(figures)
-            name = f"{figures.search} {precision}"
-            results.latency_ms[name] = latency_ms(
+            results.latency_ms[figures.name] = latency_ms(
                 translator, [e.source for e in split[:latency_sentences]]
             )
             print(
-                f"translation {name}: {figures.sentences_per_second:,.0f} sentences/s, "
+                f"translation {figures.name}: {figures.sentences_per_second:,.0f} sentences/s, "
                 f"BLEU {figures.bleu:.2f}"
             )
     return results
@@ -431,15 +443,16 @@ def markdown(results: BenchResults, config: str, checkpoint: str | None, command
             "",
             f"Translation with `{checkpoint}`:",
             "",
-            "| search | precision | batch | workers | sentences | sentences/s | target tokens/s "
-            "| BLEU | batch-1 latency (ms, median) |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| search | precision | shortlist | batch | workers | sentences | sentences/s "
+            "| target tokens/s | BLEU | batch-1 latency (ms, median) |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for t in results.translation:
             lines.append(
-                f"| {t.search} | {t.precision} | {t.batch_size} | {t.workers} | {t.sentences} | "
+                f"| {t.search} | {t.precision} | {'on' if t.shortlist else 'off'} "
+                f"| {t.batch_size} | {t.workers} | {t.sentences} | "
                 f"{t.sentences_per_second:,.0f} | {t.target_tokens_per_second:,.0f} | "
-                f"{t.bleu:.2f} | {results.latency_ms[f'{t.search} {t.precision}']:.1f} |"
+                f"{t.bleu:.2f} | {results.latency_ms[t.name]:.1f} |"
             )
     return "\n".join(lines)
 

@@ -20,6 +20,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from seq2seq.atomic import atomic_write
+from seq2seq.core.shortlist import Shortlist, build_shortlist
 from seq2seq.core.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer, train_tokenizer
 from seq2seq.corpora import Corpus, Example, open_corpus, training_pairs
 from seq2seq.errors import Seq2SeqError
@@ -340,6 +341,7 @@ class TranslationDataModule(L.LightningDataModule):
         self.source_tokenizer: Tokenizer | None = None
         self.target_tokenizer: Tokenizer | None = None
         self.splits: dict[str, list[Example]] = {}
+        self._shortlist: Shortlist | None = None
 
     # ------------------------------------------------------------------ description
 
@@ -442,6 +444,16 @@ class TranslationDataModule(L.LightningDataModule):
             )
         )
         self.valid_pairs = self.encode_examples(self.corpus.valid_split)
+
+    def shortlist(self) -> Shortlist:
+        """The lexical shortlist of the training pairs, for the checkpoints (built once)."""
+        if self._shortlist is None:
+            self._shortlist = build_shortlist(
+                [(p.source[:-1], p.target) for p in self.train_pairs.pairs],  # without eos
+                self.source_tokenizer.vocab_size,
+                self.target_tokenizer.vocab_size,
+            )
+        return self._shortlist
 
     def encode(self, pairs: Sequence[tuple[str, str]]) -> list[EncodedPair]:
         """Ids of (source, target) pairs: source gets eos, target stays bare."""

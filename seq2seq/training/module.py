@@ -225,6 +225,7 @@ class TranslationModule(L.LightningModule):
             self.data.source_tokenizer,
             self.data.target_tokenizer,
             self.data.describe(),
+            self.data.shortlist(),
         )
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

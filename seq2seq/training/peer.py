@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from seq2seq.atomic import write_lines
+from seq2seq.core.checkpoint import load_checkpoint
 from seq2seq.core.evaluate import load_split, score
-from seq2seq.core.translate import Translator
 from seq2seq.errors import Seq2SeqError
 
 REPEATS_OF_THE_SPLIT = 5  # the harness's 5,000 lines: start-up amortised as a user's file is
@@ -140,7 +140,8 @@ def run_peer_comparison(
             "this machine and this hour"
         )
     bench = json.loads(bench_json.read_text())
-    examples = load_split(Translator.from_checkpoint(checkpoint, "cpu"), split, mirror)[split]
+    corpus = load_checkpoint(checkpoint)["seq2seq"]["corpus"]
+    examples = load_split(corpus, split, mirror)[split]
     examples = examples[:sentences]
     references = [e.references for e in examples]
     lines = len(examples) * REPEATS_OF_THE_SPLIT
