@@ -8,6 +8,7 @@ from seq2seq.core.checkpoint import (
     WEIGHTS_PREFIX,
     load_checkpoint,
     load_network,
+    load_shortlist,
     translation_section,
 )
 from seq2seq.core.translate import Translator
@@ -67,14 +68,15 @@ def test_a_version_1_checkpoint_loads_and_translates_alike(tiny_checkpoint, tmp_
     checkpoint = torch.load(tiny_checkpoint, weights_only=True)
     assert checkpoint["seq2seq"]["format_version"] == FORMAT_VERSION == 2
     checkpoint["seq2seq"].update(format_version=1, max_length_ratio=2.0)
-    for setting in ("cell", "encoder_cell", "decoder_cell", "decoder"):
+    del checkpoint["seq2seq"]["shortlist"]  # version 1 had none
+    for setting in ("cell", "encoder_cell", "decoder_cell", "decoder", "bidirectional"):
         del checkpoint["seq2seq"]["network"][setting]
     torch.save(checkpoint, tmp_path / "version1.ckpt")
     old = load_checkpoint(tmp_path / "version1.ckpt")["seq2seq"]
-    assert {**old, "network": None} == {
-        **load_checkpoint(tiny_checkpoint)["seq2seq"],
-        "network": None,
-    }
+    current = load_checkpoint(tiny_checkpoint)["seq2seq"]
+    assert load_shortlist({"seq2seq": old}) is None  # it translates with the full layer
+    without_shortlist = {key: value for key, value in current.items() if key != "shortlist"}
+    assert {**old, "network": None} == {**without_shortlist, "network": None}
     sentences = ["Tom is here.", "I like green tea.", "Where is the station?"]
     translated = Translator.from_checkpoint(tmp_path / "version1.ckpt").translate(sentences)
     assert translated == Translator.from_checkpoint(tiny_checkpoint).translate(sentences)
@@ -83,6 +85,16 @@ def test_a_version_1_checkpoint_loads_and_translates_alike(tiny_checkpoint, tmp_
 def test_the_translation_section_rebuilds_the_network(tiny_checkpoint):
     checkpoint = load_checkpoint(tiny_checkpoint)
     net, source, target = load_network(checkpoint, tiny_checkpoint)
-    section = translation_section(net.config, source, target, checkpoint["seq2seq"]["corpus"])
-    assert section == checkpoint["seq2seq"]
+    shortlist = load_shortlist(checkpoint)
+    section = translation_section(
+        net.config, source, target, checkpoint["seq2seq"]["corpus"], shortlist
+    )
+    saved = checkpoint["seq2seq"]
+    assert section.keys() == saved.keys()
+    assert {key: value for key, value in section.items() if key != "shortlist"} == {
+        key: value for key, value in saved.items() if key != "shortlist"
+    }
+    assert all(
+        torch.equal(section["shortlist"][k], saved["shortlist"][k]) for k in saved["shortlist"]
+    )
     assert all(name.startswith(WEIGHTS_PREFIX) for name in checkpoint["state_dict"])

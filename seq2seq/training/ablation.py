@@ -128,8 +128,9 @@ def score_variant(name: str, folder: Path, split: str) -> VariantResult:
     best = folder / "best.ckpt"
     checkpoint = load_checkpoint(best)
     net, _, _ = load_network(checkpoint, best)
+    # fp32 and the full output layer: the same search for every variant, whatever its checkpoint
     report = evaluate_checkpoint(
-        best, split=split, search=SearchSettings(beam_size=5), precision="fp32"
+        best, split=split, search=SearchSettings(beam_size=5), precision="fp32", shortlist=False
     )
     scores = {s.name: s.score for s in report.results[0].scores}
     rows = read_run_metrics(folder)
@@ -160,7 +161,8 @@ def markdown(results: list[VariantResult], config: str, command: str) -> str:
     info = machine()
     lines = [
         f"`{command}`: each row trains `{config}` with one setting changed, on its budget, "
-        f"then scores its best checkpoint with beam 5 (fp32) on `{results[0].split}`. "
+        f"then scores its best checkpoint with beam 5 (fp32, full output layer) on "
+        f"`{results[0].split}`. "
         f"Machine: {info['cpu']} (flags: {info['cpu_flags']}), "
         f"{info['torch_threads']} torch threads.",
         "",
