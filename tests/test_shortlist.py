@@ -56,7 +56,7 @@ def narrow_checkpoint(tiny_checkpoint, training_examples, tmp_path_factory) -> P
     """The tiny model with a narrow shortlist of its training pairs (8 candidates per source
     piece, 40 frequent pieces), so that every sentence's list leaves pieces out."""
     checkpoint = load_checkpoint(tiny_checkpoint)
-    full = Translator.from_checkpoint(tiny_checkpoint, shortlist=False)
+    full = Translator.from_checkpoint(tiny_checkpoint)
     pairs = [(e.source, r) for e in training_examples for r in e.references]
     sources = full.source_tokenizer.encode([s for s, _ in pairs])
     targets = full.target_tokenizer.encode([t for _, t in pairs])
@@ -70,7 +70,7 @@ def narrow_checkpoint(tiny_checkpoint, training_examples, tmp_path_factory) -> P
 
 @pytest.fixture(scope="module")
 def translator(narrow_checkpoint) -> Translator:
-    return Translator.from_checkpoint(narrow_checkpoint)
+    return Translator.from_checkpoint(narrow_checkpoint, shortlist=True)
 
 
 def source_batch(translator: Translator, sentences: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,11 +79,15 @@ def source_batch(translator: Translator, sentences: list[str]) -> tuple[torch.Te
     return source, torch.tensor([len(i) for i in ids])
 
 
-def test_training_writes_the_shortlist_into_the_checkpoint(tiny_checkpoint, translator):
+def test_training_writes_the_shortlist_into_the_checkpoint_and_translation_asks_for_it(
+    tiny_checkpoint,
+):
     shortlist = load_shortlist(load_checkpoint(tiny_checkpoint))
-    assert shortlist is not None and translator.shortlist is not None
+    assert shortlist is not None
+    translator = Translator.from_checkpoint(tiny_checkpoint, shortlist=True)
+    assert torch.equal(translator.shortlist.candidates, shortlist.candidates)
     assert shortlist.candidates.shape[0] == translator.source_tokenizer.vocab_size
-    assert Translator.from_checkpoint(tiny_checkpoint, shortlist=False).shortlist is None
+    assert Translator.from_checkpoint(tiny_checkpoint).shortlist is None  # off by default
 
 
 def test_the_restricted_layer_gives_the_full_layers_logits_and_top_1(translator, training_examples):
@@ -115,7 +119,7 @@ def test_the_restricted_layer_gives_the_full_layers_logits_and_top_1(translator,
 def test_memorised_pairs_translate_back_with_the_checkpoints_shortlist_greedy_and_beam(
     tiny_checkpoint, training_examples
 ):
-    translator = Translator.from_checkpoint(tiny_checkpoint)
+    translator = Translator.from_checkpoint(tiny_checkpoint, shortlist=True)
     assert reproduced(translator, training_examples[:40]) >= 0.9
     assert reproduced(translator, training_examples[:40], beam_size=4) >= 0.9
 
@@ -138,7 +142,7 @@ def test_a_sentence_translates_alike_alone_and_in_any_batch_with_the_shortlist(
 def test_int8_translation_with_the_shortlist_keeps_the_memorised_pairs(
     tiny_checkpoint, training_examples
 ):
-    int8 = Translator.from_checkpoint(tiny_checkpoint, "cpu", precision="int8")
+    int8 = Translator.from_checkpoint(tiny_checkpoint, "cpu", precision="int8", shortlist=True)
     assert int8.shortlist is not None
     assert reproduced(int8, training_examples[:40]) >= 0.9
 
@@ -148,7 +152,7 @@ def test_the_shortlist_command_adds_one_to_a_checkpoint_without(tiny_checkpoint,
     checkpoint = load_checkpoint(tiny_checkpoint)
     del checkpoint["seq2seq"]["shortlist"]
     save_checkpoint(checkpoint, bare)
-    assert Translator.from_checkpoint(bare).shortlist is None
+    assert Translator.from_checkpoint(bare, shortlist=True).shortlist is None
     result = run_cli("shortlist", str(bare), "--mirror", str(mirror))
     assert result.returncode == 0, result.stderr
     assert "50 candidates for each of" in result.stdout
@@ -159,15 +163,17 @@ def test_the_shortlist_command_adds_one_to_a_checkpoint_without(tiny_checkpoint,
     assert torch.equal(add_shortlist(copy, str(mirror)).candidates, shortlist.candidates)
 
 
-def test_translate_no_shortlist_scores_the_whole_vocabulary(narrow_checkpoint, training_examples):
+def test_translate_shortlist_scores_the_list_and_by_default_the_whole_vocabulary(
+    narrow_checkpoint, training_examples
+):
     """A list's softmax leaves the other pieces out, so a translation scores higher with it;
-    --no-shortlist gives the full softmax's log-probability."""
+    without --shortlist the score is the full softmax's log-probability."""
     line = training_examples[0].source
-    full = Translator.from_checkpoint(narrow_checkpoint, shortlist=False)
+    full = Translator.from_checkpoint(narrow_checkpoint)
     expected = full.translate_detailed([line])[0].hypotheses[0].score
     arguments = ("translate", "--checkpoint", str(narrow_checkpoint), "--scores")
-    with_list = run_cli(*arguments, stdin=line + "\n")
-    without = run_cli(*arguments, "--no-shortlist", stdin=line + "\n")
+    with_list = run_cli(*arguments, "--shortlist", stdin=line + "\n")
+    without = run_cli(*arguments, stdin=line + "\n")
     assert with_list.returncode == without.returncode == 0, without.stderr
     text, score = without.stdout.rstrip("\n").split("\t")
     assert float(score) == pytest.approx(expected, abs=1e-3)

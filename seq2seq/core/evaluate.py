@@ -180,13 +180,13 @@ def evaluate_checkpoint(
     search: SearchSettings = SearchSettings(),
     precision: str = PRECISIONS[0],
     workers: int | None = None,
-    shortlist: bool = True,
+    shortlist: bool = False,
 ) -> Report:
     """Translate split(s) of the model's corpus and score them.
 
     Beside the checkpoint go the translations (`<stem>.<search>.<split>.<lang>`) and the
     report (`<stem>.<search>.report.md` and `.json`); the search name (`greedy`, `beam5`),
-    a precision other than the default and `.no-shortlist` keep runs with different settings
+    a precision other than the default and `.shortlist` keep runs with different settings
     apart.
     """
     checkpoint = Path(checkpoint)
@@ -196,7 +196,7 @@ def evaluate_checkpoint(
     prefix = (
         f"{checkpoint.stem}.{search.describe()}"
         + ("" if precision in ("auto", "fp32") else f".{precision}")
-        + ("" if shortlist else ".no-shortlist")
+        + (".shortlist" if shortlist else "")
     )
     results = []
     for name, examples in load_split(translator.corpus, split, mirror).items():

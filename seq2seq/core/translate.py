@@ -175,9 +175,10 @@ class Translator:
         search: SearchSettings = SearchSettings(),
         precision: str = PRECISIONS[0],
         workers: int | None = None,
-        shortlist: bool = True,
+        shortlist: bool = False,
     ) -> Translator:
-        """`shortlist`: use the checkpoint's shortlist, if it has one."""
+        """`shortlist`: use the checkpoint's shortlist, if it has one (off by default: it
+        costs beam search a few tenths of BLEU, BENCHMARKS.md)."""
         checkpoint = load_checkpoint(path)
         net, source_tokenizer, target_tokenizer = load_network(checkpoint, path)
         device = device or ("cuda" if torch.cuda.is_available() and precision != "int8" else "cpu")

@@ -66,7 +66,7 @@ def load_models(
     limits: ServeLimits,
     device: str | None = None,
     workers: int | None = None,
-    shortlist: bool = True,
+    shortlist: bool = False,
     on_batch: Callable[[int], None] | None = None,
 ) -> list[ServedModel]:
     """Load every checkpoint once; refuse two models for one language pair or one name.

@@ -68,8 +68,8 @@ class TranslationFigures:
 
     @property
     def name(self) -> str:
-        """e.g. "beam5 bf16", or "beam5 bf16 full" without the shortlist."""
-        return f"{self.search} {self.precision}" + ("" if self.shortlist else " full")
+        """e.g. "beam5 bf16", or "beam5 bf16 shortlist" with the shortlist."""
+        return f"{self.search} {self.precision}" + (" shortlist" if self.shortlist else "")
 
 
 @dataclass
@@ -378,8 +378,8 @@ def run_bench(
     saved = load_checkpoint(checkpoint)
     split = load_split(saved["seq2seq"]["corpus"], None, mirror)
     split = next(iter(split.values()))[:sentences]
-    # with the shortlist (the default) and without, where the checkpoint has one
-    shortlists = (True, False) if load_shortlist(saved) is not None else (False,)
+    # without the shortlist (the default) and, where the checkpoint has one, with it
+    shortlists = (False, True) if load_shortlist(saved) is not None else (False,)
     for precision, shortlist in itertools.product(inference_precisions, shortlists):
         for search in (SearchSettings(), SearchSettings(beam_size=beam_size)):
             translator = Translator.from_checkpoint(
