@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import torch
 from seq2seq.core.search import SearchSettings
 from seq2seq.core.translate import Translator
 from seq2seq.errors import Seq2SeqError
+from seq2seq.serving.batcher import MicroBatcher
 from seq2seq.serving.limits import ServeLimits
 from tests.conftest import running_server
 
@@ -403,6 +405,28 @@ def test_48_concurrent_requests_each_equal_the_same_request_alone(tiny_server, s
     count = [line for line in metrics.splitlines() if line.startswith("seq2seq_batch_lines_count")]
     # some batches held several lines
     assert float(batched[0].split()[-1]) < float(count[0].split()[-1])
+
+
+def test_the_batcher_stops_gathering_once_the_last_batch_is_back(offline, sources):
+    """Three clients, each sending its next request when its answer comes, with a 1-second
+    gathering window: a batch goes as soon as it holds every request in flight and as many as
+    the last batch did, so 30 requests take a fraction of the 10 s that always waiting out the
+    window would (the last batch may still wait once for a client that has finished)."""
+    batcher = MicroBatcher(offline, ServeLimits(batch_wait_ms=1000))
+
+    async def client(first: int) -> None:
+        for line in sources[first : first + 10]:
+            await batcher.translate([line], SearchSettings())
+
+    async def three_clients() -> float:
+        start = time.monotonic()
+        await asyncio.gather(*(client(10 * number) for number in range(3)))
+        return time.monotonic() - start
+
+    try:
+        assert asyncio.run(three_clients()) < 5
+    finally:
+        batcher.close()
 
 
 def same_translations(a: dict, b: dict) -> bool:

@@ -117,6 +117,7 @@ class MicroBatcher:
         finally:
             with self._condition:
                 self._in_flight -= 1
+                self._condition.notify()  # a gathering worker may now be caught up
 
     def close(self) -> None:
         """Stop taking requests, finish the queued ones, then stop the worker."""
@@ -133,11 +134,12 @@ class MicroBatcher:
         """The next batch: the oldest job and, when batching, queued jobs of the same search
         settings while they fit the token budget. None once closed and drained.
 
-        The worker then gathers for `batch_wait_ms`: clients whose answers just went out send
-        their next requests a few milliseconds later, and the wait lets them join those still
-        queued instead of the load splitting into alternating part-batches. At low load (a
-        lone request, nothing else in flight, and the previous batch alone too) it goes at
-        once: nobody could join it.
+        The worker then gathers for up to `batch_wait_ms`: clients whose answers just went out
+        send their next requests a few milliseconds later, and the wait lets them join those
+        still queued instead of the load splitting into alternating part-batches. It stops
+        gathering once it is caught up: every request in flight is in the batch and the batch
+        is as large as the previous one, so the clients answered last time are all back (a lone
+        request at low load goes at once).
         """
         with self._condition:
             while not self._pending and not self._closed:
@@ -157,8 +159,10 @@ class MicroBatcher:
                         batch.append(job)
                         tokens += job.tokens
                 remaining = give_up - time.monotonic()
-                alone = len(batch) == self._in_flight == self._last_batch_requests == 1
-                if remaining <= 0 or self._closed or alone:
+                caught_up = (
+                    len(batch) >= self._in_flight and len(batch) >= self._last_batch_requests
+                )
+                if remaining <= 0 or self._closed or caught_up:
                     break
                 self._condition.wait(remaining)
             self._queued_lines -= sum(len(job.lines) for job in batch)
