@@ -103,13 +103,13 @@ def kill_once_saved(process: subprocess.Popen, checkpoint: Path, timeout: float 
     process.wait()
 
 
-# Where the first last.ckpt is written, 7 batches an epoch: a periodic save in epoch 1, or the
+# Where the first last.ckpt is written, 8 batches an epoch: a periodic save in epoch 1, or the
 # validation in the middle of epoch 0 (as configs/tatoeba-en-fr.yaml validates twice an epoch;
 # lr_patience 0 makes the plateau scheduler act, so its restored state matters too).
 KILL_POINTS = {
     "periodic save": (
         ("--last_checkpoint.every_n_train_steps", "10"),
-        {"epoch": 1, "batches_done": 3},
+        {"epoch": 1, "batches_done": 2},
     ),
     "mid-epoch validation": (
         (
@@ -124,7 +124,7 @@ KILL_POINTS = {
             "--model.lr_patience",
             "0",
         ),
-        {"epoch": 0, "batches_done": 3},
+        {"epoch": 0, "batches_done": 4},
     ),
 }
 
@@ -148,7 +148,7 @@ def test_kill_9_then_the_same_command_resumes_and_ends_with_the_uninterrupted_we
     )
     assert main(train_args(tmp_path / "straight", data_dir, mirror, *extra)) == 0
     straight = load_checkpoint(tmp_path / "straight" / "tiny" / "last.ckpt")
-    assert straight["global_step"] == 14
+    assert straight["global_step"] == 16
 
     args = train_args(tmp_path / "killed", data_dir, mirror, *extra)
     last = tmp_path / "killed" / "tiny" / "last.ckpt"

@@ -142,7 +142,7 @@ def test_budget_schedule_spends_a_time_budget(tmp_path, data_dir, mirror):
 
 
 def test_a_step_budget_that_ends_mid_epoch_validates_its_last_step(tmp_path, data_dir, mirror):
-    # the tiny config's epoch is 7 batches: 10 steps end in the middle of the second epoch
+    # the tiny config's epoch is 8 batches: 10 steps end in the middle of the second epoch
     short_run(
         tmp_path,
         data_dir,
@@ -155,9 +155,6 @@ def test_a_step_budget_that_ends_mid_epoch_validates_its_last_step(tmp_path, dat
     )
     (metrics,) = tmp_path.rglob("metrics.csv")
     validated = [int(row["step"]) for row in csv.DictReader(metrics.open()) if row.get("val_bleu")]
-    # the end of epoch 0 (7 batches), then the stop (steps count from 0 here)
-    assert validated == [
-        6,
-        9,
-    ]
+    # the end of epoch 0 (8 batches), then the stop (steps count from 0 here)
+    assert validated == [7, 9]
     assert (tmp_path / "tiny" / "best.ckpt").is_file()

@@ -7,9 +7,11 @@ so the training loop only ever sees ids.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -26,6 +28,11 @@ from seq2seq.corpora import Corpus, Example, open_corpus, training_pairs
 from seq2seq.errors import Seq2SeqError
 
 log = logging.getLogger(__name__)
+
+# Shuffled batches are sorted by length within pools of this many batches' worth of sentences.
+POOL_BATCHES = 100
+# Room, as a share of the batches a pooled cut gives, for an epoch whose shuffle cuts more.
+EPOCH_BATCHES_MARGIN = 0.01
 
 
 class Batch(NamedTuple):
@@ -125,14 +132,18 @@ class TrainingPairs(Dataset[EncodedPair]):
 class TokenBatchSampler(Sampler[list[int]]):
     """Batches of about `max_tokens` padded tokens, built from sentences of similar length.
 
-    Shuffled: each epoch sorts the sentences by length, then by target length (little
-    padding on either side), breaking ties at random (as fairseq does), cuts the batches,
-    then shuffles their order. Only the ties move between epochs, so every epoch cuts as
-    many batches: Lightning reads the length once and validates when that many batches
-    are done (an epoch one batch short would skip validation, one batch long would lose a
-    batch). Deterministic for a given seed and epoch, so a resumed run sees the same
-    batches; `resume_at` makes the next pass over an epoch skip the batches a killed run
-    had already trained on.
+    Shuffled: each epoch shuffles the sentences, sorts them by length inside pools of about
+    `POOL_BATCHES` batches (little padding, yet every epoch mixes new neighbours into a
+    batch), cuts the batches, then shuffles their order. A global sort would fix which
+    sentences share a batch for the whole run, and trained worse (BENCHMARKS.md). Every
+    epoch holds as many batches, `len()`: Lightning reads it once and validates when that
+    many batches are done (an epoch one batch short would skip validation, one batch long
+    would lose a batch), so an epoch that cuts fewer halves its largest batches, and one
+    that would cut more is cut from the global sort instead. Deterministic for a given seed
+    and epoch, so a resumed run sees the same batches; `resume_at` makes the next pass over
+    an epoch skip the batches a killed run had already trained on.
+
+    Unshuffled (validation): one global sort by length, then target length.
 
     Distributed (`num_replicas` processes): every process cuts the same batches, then
     `share` gives process `rank` every `num_replicas`-th one, so the shares are disjoint,
@@ -196,11 +207,35 @@ class TokenBatchSampler(Sampler[list[int]]):
 
     def _make_batches(self) -> list[list[int]]:
         if not self.shuffle:
-            return self._cut(self._sorted(torch.arange(len(self.lengths))))
+            return self._globally_sorted_batches()
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        batches = self._cut(self._sorted(torch.randperm(len(self.lengths), generator=generator)))
+        batches = self._pooled_batches(torch.randperm(len(self.lengths), generator=generator))
+        if len(batches) > self.epoch_batches:
+            batches = self._globally_sorted_batches()
+        batches = split_largest(batches, self.epoch_batches)
         permutation = torch.randperm(len(batches), generator=generator).tolist()
         return [batches[i] for i in permutation]
+
+    @functools.cached_property
+    def epoch_batches(self) -> int:
+        """How many batches every shuffled epoch holds: what a pooled cut gives, with room for
+        the few more another shuffle may need (the global sort always needs fewer)."""
+        generator = torch.Generator().manual_seed(self.seed)
+        pooled = len(self._pooled_batches(torch.randperm(len(self.lengths), generator=generator)))
+        return pooled + max(1, math.ceil(EPOCH_BATCHES_MARGIN * pooled))
+
+    def _pooled_batches(self, order: Tensor) -> list[list[int]]:
+        """Batches of `order` (a shuffle), sorted by length within pools of POOL_BATCHES batches."""
+        mean_length = max(1, int(self.lengths.float().mean()))
+        pool = max(1, POOL_BATCHES * self.max_tokens // mean_length)
+        batches = []
+        for start in range(0, len(order), pool):
+            chunk = order[start : start + pool]
+            batches += self._cut(chunk[torch.argsort(self.lengths[chunk], stable=True)])
+        return batches
+
+    def _globally_sorted_batches(self) -> list[list[int]]:
+        return self._cut(self._sorted(torch.arange(len(self.lengths))))
 
     def _sorted(self, order: Tensor) -> Tensor:
         """`order` stably sorted by length, then target length: ties keep their order in `order`."""
@@ -237,13 +272,21 @@ def share(batches: list[list[int]], parts: int) -> list[list[int]]:
     `max_tokens` near the longest sentence) are the first batches repeated, as torch's
     DistributedSampler pads; validation drops such repeats by sentence index.
     """
+    count = math.ceil(len(batches) / parts) * parts
+    batches = split_largest(batches, count)
+    missing = count - len(batches)
+    return batches + (batches * parts)[:missing]
+
+
+def split_largest(batches: list[list[int]], count: int) -> list[list[int]]:
+    """`batches` with the one holding the most sentences halved until there are `count` (or
+    until no batch holds two sentences); every sentence stays in exactly one batch."""
     batches = list(batches)
-    while len(batches) % parts:
+    while len(batches) < count:
         largest = max(range(len(batches)), key=lambda i: len(batches[i]))
         whole = batches[largest]
         if len(whole) < 2:
-            missing = parts - len(batches) % parts
-            return batches + (batches * parts)[:missing]
+            break
         batches[largest : largest + 1] = [whole[: len(whole) // 2], whole[len(whole) // 2 :]]
     return batches
 
