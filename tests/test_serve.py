@@ -589,6 +589,16 @@ def test_the_key_is_checked_before_the_body(tiny_server_with_key):
     assert answer.status_code == 401
 
 
+@pytest.mark.parametrize(
+    ("cores", "threads", "expected"), [(2, 0, 1), (1, 0, 1), (8, 0, 7), (8, 3, 3)]
+)
+def test_translation_leaves_a_core_to_the_event_loop_unless_told(
+    monkeypatch, cores, threads, expected
+):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: cores)
+    assert ServeLimits(threads=threads).translation_threads() == expected
+
+
 def test_threads_sets_the_translation_threads_and_is_checked(tiny_server_with_key):
     assert "1 torch threads" in tiny_server_with_key.log.read_text()
     with pytest.raises(Seq2SeqError, match="--threads must be 0"):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
 from seq2seq.errors import Seq2SeqError
 
 
@@ -52,9 +54,13 @@ class ServeLimits:
     batching: bool = limit(True, "False: one request at a time (the load benchmark's baseline)")
     threads: int = limit(
         0,
-        "torch threads translating (0: torch's default, one per core); fewer leave a core to the "
-        "event loop's HTTP and JSON work, which can pay on a small CPU under load",
+        "torch threads translating (0: one per core but one, which is left to the event loop's "
+        "HTTP and JSON work: on a small CPU under load the two otherwise stall each other)",
     )
+
+    def translation_threads(self) -> int:
+        """The torch threads to translate with: `threads`, or for 0 one per core but one."""
+        return self.threads or max(1, torch.get_num_threads() - 1)
 
     def __post_init__(self) -> None:
         for name in (
@@ -79,4 +85,4 @@ class ServeLimits:
         if self.batch_wait_ms < 0:
             raise Seq2SeqError(f"--batch-wait-ms must be 0 or more, got {self.batch_wait_ms}")
         if self.threads < 0:
-            raise Seq2SeqError(f"--threads must be 0 (torch's default) or more, got {self.threads}")
+            raise Seq2SeqError(f"--threads must be 0 (automatic) or more, got {self.threads}")

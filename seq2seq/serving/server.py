@@ -38,8 +38,7 @@ def serve(
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    if limits.threads:
-        torch.set_num_threads(limits.threads)
+    torch.set_num_threads(limits.translation_threads())
     models = load_models(checkpoints, search, precision, limits, device, workers, shortlist)
     for model in models:
         log.info(
