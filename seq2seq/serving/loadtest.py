@@ -31,6 +31,7 @@ from seq2seq.atomic import write_lines
 from seq2seq.core.evaluate import load_split
 from seq2seq.core.translate import Translator
 from seq2seq.errors import Seq2SeqError
+from seq2seq.serving.limits import ServeLimits
 
 STARTUP_SECONDS = 180  # loading a checkpoint and opening the port
 
@@ -64,6 +65,7 @@ class ServeBenchResults:
     machine: dict
     checkpoint: str
     sentences: int
+    server_threads: int  # torch threads each server translates on (its `--threads` default)
     offline: list[OfflineFigures] = field(default_factory=list)
     load: list[LoadFigures] = field(default_factory=list)
 
@@ -235,7 +237,9 @@ def run_serve_bench(
     translator = Translator.from_checkpoint(checkpoint, "cpu")
     split = next(iter(load_split(translator.corpus, None, mirror).values()))
     lines = [example.source for example in split[:sentences]]
-    results = ServeBenchResults(machine(), checkpoint, len(lines))
+    results = ServeBenchResults(
+        machine(), checkpoint, len(lines), ServeLimits().translation_threads()
+    )
     for precision in precisions:
         with ExitStack() as stack:
             urls = {
@@ -281,7 +285,8 @@ def markdown(results: ServeBenchResults, command: str) -> str:
         "",
         f"{m['date']}; {m['cpu']} ({m['cpu_vector_unit']}, "
         f"{'native' if m['cpu_native_bf16'] else 'no native'} bf16; {m['cpu_count']} logical CPUs, "
-        f"{m['torch_threads']} torch threads); torch {m['torch']}, Python {m['python']}; "
+        f"{m['torch_threads']} torch threads offline, {results.server_threads} in each server); "
+        f"torch {m['torch']}, Python {m['python']}; "
         f"checkpoint `{results.checkpoint}`; {results.sentences} test sentences, one per request "
         "(`POST /v1/translate`), greedy; the clients (aiohttp, one process) and both servers share "
         "the machine.",
