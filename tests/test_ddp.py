@@ -107,7 +107,7 @@ def test_shuffled_epochs_seldom_put_the_same_sentences_together():
 def test_an_epoch_whose_pooled_cut_is_too_long_keeps_the_count_and_the_budget():
     lengths, targets = caption_lengths(5_000)
     sampler = TokenBatchSampler(lengths, 200, True, seed=5, target_lengths=targets)
-    globally_sorted = len(sampler._globally_sorted_batches())
+    globally_sorted = len(sampler._sorted_batches(torch.arange(len(lengths))))
     assert globally_sorted < sampler.epoch_batches - 1
     sampler.__dict__["epoch_batches"] = globally_sorted  # every pooled cut now has too many
     batches = list(sampler)

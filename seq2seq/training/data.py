@@ -207,11 +207,12 @@ class TokenBatchSampler(Sampler[list[int]]):
 
     def _make_batches(self) -> list[list[int]]:
         if not self.shuffle:
-            return self._globally_sorted_batches()
+            return self._sorted_batches(torch.arange(len(self.lengths)))
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        batches = self._pooled_batches(torch.randperm(len(self.lengths), generator=generator))
+        order = torch.randperm(len(self.lengths), generator=generator)
+        batches = self._pooled_batches(order)
         if len(batches) > self.epoch_batches:
-            batches = self._globally_sorted_batches()
+            batches = self._sorted_batches(order)  # ties still broken by the shuffle
         batches = split_largest(batches, self.epoch_batches)
         permutation = torch.randperm(len(batches), generator=generator).tolist()
         return [batches[i] for i in permutation]
@@ -234,8 +235,9 @@ class TokenBatchSampler(Sampler[list[int]]):
             batches += self._cut(chunk[torch.argsort(self.lengths[chunk], stable=True)])
         return batches
 
-    def _globally_sorted_batches(self) -> list[list[int]]:
-        return self._cut(self._sorted(torch.arange(len(self.lengths))))
+    def _sorted_batches(self, order: Tensor) -> list[list[int]]:
+        """Batches of all of `order` sorted by length, then target length (`_sorted`)."""
+        return self._cut(self._sorted(order))
 
     def _sorted(self, order: Tensor) -> Tensor:
         """`order` stably sorted by length, then target length: ties keep their order in `order`."""
