@@ -264,13 +264,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_batch_size_argument(parser: argparse.ArgumentParser) -> None:
-    from seq2seq.core.translate import BATCH_SIZE
+    from seq2seq.core.translate import ROWS_PER_BATCH
 
     parser.add_argument(
         "--batch-size",
         type=int,
-        default=BATCH_SIZE,
-        help=f"sentences decoded together (default {BATCH_SIZE})",
+        default=None,
+        help=f"sentences decoded together (default: {ROWS_PER_BATCH} decoder rows, i.e. "
+        f"{ROWS_PER_BATCH} sentences for greedy search, {ROWS_PER_BATCH // 5} for beam 5)",
     )
 
 
@@ -333,7 +334,8 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
         choices=PRECISIONS,
         default=PRECISIONS[0],
         help="auto: bf16 where the CPU (AMX, AVX512-BF16) or GPU multiplies it natively, else "
-        "fp32; int8: dynamic quantization, faster on CPUs, a little less BLEU in beam search "
+        "fp32; int8: dynamic quantization, about twice as fast on CPUs but a sentence's "
+        "translation then depends on the batch it is in (BENCHMARKS.md) "
         f"(default {PRECISIONS[0]})",
     )
     parser.add_argument(

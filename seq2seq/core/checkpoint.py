@@ -97,7 +97,8 @@ def load_checkpoint(path: str | Path) -> dict:
             f"checkpoint {path} is truncated or corrupted (not the zip archive torch.save writes)"
         )
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        # mapped, not read: the optimiser state translation never touches costs no memory
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as error:
         raise Seq2SeqError(
             f"checkpoint {path} was refused: it holds objects other than tensors and plain data "

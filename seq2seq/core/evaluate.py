@@ -20,7 +20,7 @@ from sacrebleu.metrics.bleu import BLEUScore
 
 from seq2seq.atomic import write_lines
 from seq2seq.core.search import SearchSettings
-from seq2seq.core.translate import BATCH_SIZE, PRECISIONS, Translator
+from seq2seq.core.translate import PRECISIONS, Translator
 from seq2seq.corpora import Example, load_recorded_corpus, read_lines
 from seq2seq.errors import Seq2SeqError
 
@@ -176,7 +176,7 @@ def evaluate_checkpoint(
     checkpoint: str | Path,
     split: str | None = None,
     mirror: str | None = None,
-    batch_size: int = BATCH_SIZE,
+    batch_size: int | None = None,
     search: SearchSettings = SearchSettings(),
     precision: str = PRECISIONS[0],
     workers: int | None = None,

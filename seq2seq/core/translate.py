@@ -23,7 +23,14 @@ from seq2seq.core.tokenizer import EOS_ID, MAX_PIECE_LENGTH, Tokenizer
 from seq2seq.errors import Seq2SeqError
 
 PRECISIONS = ("auto", "fp32", "bf16", "int8")  # the first is the default
-BATCH_SIZE = 64  # sentences searched together unless a call says otherwise
+# Decoder rows searched together (sentences x beam size) unless a call says otherwise: wider
+# batches spend less per sentence on per-step overhead, narrower ones hold less memory.
+ROWS_PER_BATCH = 128
+
+
+def default_batch_size(beam_size: int) -> int:
+    """Sentences per batch for `beam_size`: 128 for greedy search, 25 for beam 5."""
+    return max(1, ROWS_PER_BATCH // beam_size)
 
 
 def native_bf16(device: torch.device | str) -> bool:
@@ -37,7 +44,9 @@ def native_bf16(device: torch.device | str) -> bool:
 
 def resolve_precision(precision: str, device: torch.device | str) -> str:
     """`auto` is bf16 where it is native, else fp32: beam search runs faster in bf16 at the
-    same BLEU, greedy search no slower (BENCHMARKS.md); int8 costs beam search BLEU."""
+    same BLEU, greedy search no slower (BENCHMARKS.md). Not int8, though it is faster still:
+    its dynamic quantization scales a whole batch's activations together, so a sentence's
+    translation would depend on the sentences batched with it."""
     if precision not in PRECISIONS:
         raise Seq2SeqError(f"unknown precision {precision!r}: choose from {', '.join(PRECISIONS)}")
     if precision != "auto":
@@ -197,7 +206,7 @@ class Translator:
             load_shortlist(checkpoint) if shortlist else None,
         )
 
-    def translate(self, lines: Sequence[str], batch_size: int = BATCH_SIZE) -> list[str]:
+    def translate(self, lines: Sequence[str], batch_size: int | None = None) -> list[str]:
         """One output line per input line (the best hypothesis); a blank line gives an empty
         line."""
         return [t.text for t in self.translate_detailed(lines, batch_size)]
@@ -205,7 +214,7 @@ class Translator:
     def translate_detailed(
         self,
         lines: Sequence[str],
-        batch_size: int = BATCH_SIZE,
+        batch_size: int | None = None,
         progress: Callable[[int], None] | None = None,
         search: SearchSettings | None = None,
     ) -> list[Translation]:
@@ -215,20 +224,23 @@ class Translator:
     def translate_encoded(
         self,
         sources: Sequence[EncodedLine],
-        batch_size: int = BATCH_SIZE,
+        batch_size: int | None = None,
         progress: Callable[[int], None] | None = None,
         search: SearchSettings | None = None,
     ) -> list[Translation]:
         """Translations in input order; batches are cut from length-sorted sentences (less padding).
 
+        `batch_size`: sentences per batch (default `default_batch_size` of the search's beam).
         `progress`, when given, is called with the number of lines done after each batch.
         `search` replaces the translator's own settings for this call (a server's per-request
         settings); the network and its weights are shared.
         """
-        if batch_size < 1:
-            raise Seq2SeqError(f"batch size must be at least 1, got {batch_size}")
         search = search or self.search
         self.check_search(search)
+        if batch_size is None:
+            batch_size = default_batch_size(search.beam_size)
+        if batch_size < 1:
+            raise Seq2SeqError(f"batch size must be at least 1, got {batch_size}")
         nbests: list[list[Hypothesis]] = [[] for _ in sources]
         order = sorted(
             (i for i, line in enumerate(sources) if line.ids), key=lambda i: len(sources[i].ids)

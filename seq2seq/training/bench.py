@@ -37,7 +37,7 @@ from seq2seq.core.checkpoint import load_checkpoint, load_shortlist
 from seq2seq.core.evaluate import load_split, score
 from seq2seq.core.search import SearchSettings
 from seq2seq.core.tokenizer import PAD_ID
-from seq2seq.core.translate import BATCH_SIZE, Translator, native_bf16
+from seq2seq.core.translate import Translator, default_batch_size, native_bf16
 from seq2seq.errors import Seq2SeqError
 from seq2seq.training.cli import NO_BF16_CPU, TrainingCLI, build_cli, run_folder
 from seq2seq.training.data import Batch, TranslationDataModule
@@ -275,8 +275,13 @@ def flops_per_target_token(module: TranslationModule, batch: Batch) -> float:
 
 
 def measure_translation(
-    translator: Translator, sources: list[str], references: list[tuple[str, ...]], batch_size: int
+    translator: Translator,
+    sources: list[str],
+    references: list[tuple[str, ...]],
+    batch_size: int | None = None,
 ) -> TranslationFigures:
+    """Speed and BLEU of `sources`; `batch_size` None: the translator's default for its search."""
+    batch_size = batch_size or default_batch_size(translator.search.beam_size)
     translator.translate(sources[:batch_size], batch_size)  # warm-up: allocator, kernels
     synchronize(str(translator.device))
     start = time.perf_counter()
@@ -318,7 +323,7 @@ def run_bench(
     sentences: int,
     mirror: str | None,
     beam_size: int = 5,
-    batch_size: int = BATCH_SIZE,
+    batch_size: int | None = None,
     latency_sentences: int = 100,
     device: str | None = None,
     overrides: Sequence[str] = (),
