@@ -6,7 +6,14 @@ import threading
 import pytest
 import torch
 
-from seq2seq.core.search import SearchSettings, beam_search, coverage_penalty, greedy_search, top_k
+from seq2seq.core.search import (
+    ROW_BUCKET,
+    SearchSettings,
+    beam_search,
+    coverage_penalty,
+    greedy_search,
+    top_k,
+)
 from seq2seq.core.tokenizer import BOS_ID, EOS_ID
 from seq2seq.core.translate import Translator, native_bf16
 from seq2seq.errors import Seq2SeqError
@@ -222,3 +229,22 @@ def test_coverage_penalty_prefers_the_hypothesis_that_read_the_whole_source():
     assert covering[0][0].log_probability == pytest.approx(
         float(torch.tensor(0.4 * 0.9).log()), abs=1e-5
     )
+
+
+def test_greedy_search_drops_finished_rows_a_bucket_at_a_time(tiny_checkpoint, sentences):
+    """The decoder sees a few row counts per batch (multiples of ROW_BUCKET, or the batch's
+    own size), and rows kept after their sentence ended change no translation."""
+    translator = Translator.from_checkpoint(tiny_checkpoint, "cpu", precision="fp32")
+    alone = [translator.translate([s])[0] for s in sentences[:20]]
+    seen: list[int] = []
+    decode_step = translator.net.decode_step
+
+    def recording(state, previous):
+        seen.append(previous.size(0))
+        return decode_step(state, previous)
+
+    translator.net.decode_step = recording
+    together = translator.translate(sentences[:20], batch_size=20)
+    assert together == alone
+    assert len(set(seen)) > 1  # sentences did leave
+    assert all(rows == 20 or rows % ROW_BUCKET == 0 for rows in seen)
