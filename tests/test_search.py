@@ -231,11 +231,15 @@ def test_coverage_penalty_prefers_the_hypothesis_that_read_the_whole_source():
     )
 
 
-def test_greedy_search_drops_finished_rows_a_bucket_at_a_time(tiny_checkpoint, sentences):
-    """The decoder sees a few row counts per batch (multiples of ROW_BUCKET, or the batch's
-    own size), and rows kept after their sentence ended change no translation."""
-    translator = Translator.from_checkpoint(tiny_checkpoint, "cpu", precision="fp32")
-    alone = [translator.translate([s])[0] for s in sentences[:20]]
+@pytest.mark.parametrize("beam_size", [1, 5])
+def test_finished_sentences_leave_a_bucket_at_a_time(tiny_checkpoint, sentences, beam_size):
+    """The decoder sees a few row counts per batch (whole buckets of ROW_BUCKET rows' worth of
+    sentences, or the batch's own size), and rows kept after their sentence ended change no
+    translation."""
+    search = SearchSettings(beam_size=beam_size)
+    translator = Translator.from_checkpoint(tiny_checkpoint, "cpu", search, precision="fp32")
+    batch = sentences[:22]
+    alone = [translator.translate([s])[0] for s in batch]
     seen: list[int] = []
     decode_step = translator.net.decode_step
 
@@ -244,7 +248,8 @@ def test_greedy_search_drops_finished_rows_a_bucket_at_a_time(tiny_checkpoint, s
         return decode_step(state, previous)
 
     translator.net.decode_step = recording
-    together = translator.translate(sentences[:20], batch_size=20)
-    assert together == alone
-    assert len(set(seen)) > 1  # sentences did leave
-    assert all(rows == 20 or rows % ROW_BUCKET == 0 for rows in seen)
+    assert translator.translate(batch, batch_size=len(batch)) == alone
+    sentences_per_bucket = -(-ROW_BUCKET // beam_size)
+    shrunk = [rows for rows in seen if rows not in (len(batch), len(batch) * beam_size)]
+    assert shrunk  # sentences did leave
+    assert all(rows % (sentences_per_bucket * beam_size) == 0 for rows in shrunk)

@@ -101,7 +101,7 @@ def greedy_search(
     """Pick the most probable token at every step, for a whole batch at once.
 
     source: (B, S) ids, source_lengths: (B,). Sentences that finish leave the batch (the
-    state is reordered) a bucket of rows at a time (`row_bucket`), so they stop costing
+    state is reordered) a bucket of rows at a time (`bucketed`), so they stop costing
     compute. Only the settings' length cap applies. `vocabulary`: the target ids a shortlist
     allows (`first_state`).
     """
@@ -135,9 +135,9 @@ def greedy_search(
             running = int(live.sum())
             if running == 0:
                 break
-            if row_bucket(running) < live.numel():
+            if bucketed(running) < live.numel():
                 # the live rows first, then finished ones to fill the bucket
-                keep = torch.argsort(~live, stable=True)[: row_bucket(running)]
+                keep = torch.argsort(~live, stable=True)[: bucketed(running)]
                 active, live, best = active[keep], live[keep], best[keep]
                 state = state.select_sentences(keep)
             live_rows = None if bool(live.all()) else live.nonzero().squeeze(1)
@@ -152,17 +152,19 @@ def greedy_search(
     ]
 
 
-ROW_BUCKET = 8
+ROW_BUCKET = 16
 
 
-def row_bucket(rows: int) -> int:
-    """The decoder rows greedy search keeps for `rows` live ones: a multiple of `ROW_BUCKET`.
+def bucketed(count: int, unit: int = ROW_BUCKET) -> int:
+    """`count` rounded up to a multiple of `unit`: how many rows (or sentences) a search keeps
+    for `count` still searching.
 
-    Finished rows leave only a bucket at a time, so each batch runs its matrix products at a
-    few row counts instead of every one from its size down: a CPU's bf16 kernels are compiled
-    once per shape (and kept), which otherwise cost more than the rows saved.
+    Finished rows leave a bucket at a time, so a batch runs its matrix products at a few row
+    counts instead of at every count from its size down. On a CPU oneDNN builds its bf16
+    kernels for each shape and keeps them: one shape per row count doubled the memory of
+    translating a file in bf16 (BENCHMARKS.md).
     """
-    return -(-rows // ROW_BUCKET) * ROW_BUCKET
+    return -(-count // unit) * unit
 
 
 def first_state(
@@ -398,22 +400,30 @@ def beam_search(
 
     state = first_state(model, source, source_lengths, vocabulary)
     beam = BeamState.start(state, source_lengths, source_len)
+    searching = torch.ones(batch, dtype=torch.bool, device=device)  # (A,) not yet done
+    # done sentences leave a bucket at a time (`bucketed`): about ROW_BUCKET rows' worth
+    sentences_per_bucket = -(-ROW_BUCKET // settings.beam_size)
     for t in range(int(caps.max())):
         logits, weights, decoder = model.decode_step(beam.decoder, beam.previous)  # (R, V), (R, S)
         extensions = beam.expand(logits, weights, t + 1, settings, vocabulary)
         at_cap = t + 1 >= caps[beam.sentences]  # (A,)
-        final = in_beam & (extensions.is_eos | at_cap.unsqueeze(1))  # (A, 2K)
+        # (A, 2K): a done sentence kept to fill its bucket ends nothing more
+        final = in_beam & (extensions.is_eos | at_cap.unsqueeze(1)) & searching.unsqueeze(1)
         if final.any():
             for sentence, hypothesis in beam.finish(extensions, final, source_length_list):
                 finished[sentence].append(hypothesis)
             finished_count.index_add_(0, beam.sentences, final.sum(1))
         beam = beam.select(decoder, extensions, settings.beam_size)
         done = at_cap | (final[:, 0] & (finished_count[beam.sentences] >= settings.nbest))  # (A,)
-        if done.any():
-            keep = (~done).nonzero().squeeze(1)
-            if keep.numel() == 0:
+        if (done & searching).any():
+            searching &= ~done
+            running = int(searching.sum())
+            if running == 0:
                 break
-            beam = beam.keep_sentences(keep)
+            kept = bucketed(running, sentences_per_bucket)
+            if kept < searching.numel():
+                keep = torch.argsort(~searching, stable=True)[:kept]  # the searching ones first
+                beam, searching = beam.keep_sentences(keep), searching[keep]
     return [sorted(hypotheses, key=lambda h: -h.score)[: settings.nbest] for hypotheses in finished]
 
 
