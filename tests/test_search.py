@@ -10,6 +10,7 @@ from seq2seq.core.search import (
     ROW_BUCKET,
     SearchSettings,
     beam_search,
+    bucketed,
     coverage_penalty,
     greedy_search,
     top_k,
@@ -250,6 +251,14 @@ def test_finished_sentences_leave_a_bucket_at_a_time(tiny_checkpoint, sentences,
     translator.net.decode_step = recording
     assert translator.translate(batch, batch_size=len(batch)) == alone
     sentences_per_bucket = -(-ROW_BUCKET // beam_size)
-    shrunk = [rows for rows in seen if rows not in (len(batch), len(batch) * beam_size)]
+    shrunk = [
+        rows // beam_size for rows in seen if rows not in (len(batch), len(batch) * beam_size)
+    ]
     assert shrunk  # sentences did leave
-    assert all(rows % (sentences_per_bucket * beam_size) == 0 for rows in shrunk)
+    assert all(bucketed(count, sentences_per_bucket) == count for count in shrunk)
+    assert len(set(shrunk)) < len(batch) // 2
+
+
+def test_buckets_are_multiples_of_the_unit_or_powers_of_two_below_it():
+    expected = {1: 1, 3: 4, 5: 8, 9: 16, 16: 16, 17: 32, 33: 48, 128: 128}
+    assert {count: bucketed(count, 16) for count in expected} == expected

@@ -156,15 +156,17 @@ ROW_BUCKET = 16
 
 
 def bucketed(count: int, unit: int = ROW_BUCKET) -> int:
-    """`count` rounded up to a multiple of `unit`: how many rows (or sentences) a search keeps
-    for `count` still searching.
+    """How many rows (or sentences) a search keeps for `count` still searching: `count` rounded
+    up to a multiple of `unit`, or below `unit` to a power of two.
 
     Finished rows leave a bucket at a time, so a batch runs its matrix products at a few row
     counts instead of at every count from its size down. On a CPU oneDNN builds its bf16
     kernels for each shape and keeps them: one shape per row count doubled the memory of
-    translating a file in bf16 (BENCHMARKS.md).
+    translating a file in bf16 (BENCHMARKS.md). Small batches (a server's) still shrink.
     """
-    return -(-count // unit) * unit
+    if count >= unit:
+        return -(-count // unit) * unit
+    return 1 << (count - 1).bit_length()
 
 
 def first_state(
