@@ -50,6 +50,11 @@ def serve(
             model.translator.precision,
             torch.get_num_threads(),
         )
+    if limits.batching and precision == "int8":
+        log.warning(
+            "int8 quantizes each batch's activations together: an answer can depend on the "
+            "requests batched with it; use --precision fp32 or bf16 where that matters"
+        )
     if api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s without --api-key: anyone who can reach it can use it", host)
     app = create_app(models, limits, api_key)

@@ -26,7 +26,7 @@ from seq2seq.core.evaluate import evaluate_checkpoint
 from seq2seq.core.model import ModelConfig
 from seq2seq.core.search import SearchSettings
 from seq2seq.errors import Seq2SeqError
-from seq2seq.figures import ablation_chart, read_run_metrics
+from seq2seq.figures import ablation_chart, logged_tokens_per_second, read_run_metrics
 from seq2seq.training.bench import machine, replace_section
 
 # name: the config keys it changes (from the config's bidirectional GRU + additive + bahdanau)
@@ -134,7 +134,6 @@ def score_variant(name: str, folder: Path, split: str) -> VariantResult:
     )
     scores = {s.name: s.score for s in report.results[0].scores}
     rows = read_run_metrics(folder)
-    rates = [float(row["tok/s"]) for row in rows if row.get("tok/s") not in (None, "", "0.0")]
     return VariantResult(
         name=name,
         cell=net.config.encoder_cell_type,
@@ -143,7 +142,7 @@ def score_variant(name: str, folder: Path, split: str) -> VariantResult:
         decoder=net.config.decoder,
         parameters=sum(p.numel() for p in net.parameters()),
         steps=max(int(row["step"]) for row in rows),
-        tokens_per_second=sum(rates) / max(len(rates), 1),
+        tokens_per_second=logged_tokens_per_second(folder) or 0.0,
         bleu=scores["BLEU"],
         bleu_lowercased=scores["BLEU lowercased"],
         split=split,

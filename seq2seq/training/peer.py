@@ -23,10 +23,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
+
 from seq2seq.atomic import write_lines
 from seq2seq.core.checkpoint import load_checkpoint
 from seq2seq.core.evaluate import load_split, score
+from seq2seq.core.translate import resolve_precision
 from seq2seq.errors import Seq2SeqError
+from seq2seq.figures import logged_tokens_per_second
 
 REPEATS_OF_THE_SPLIT = 5  # the harness's 5,000 lines: start-up amortised as a user's file is
 SPLIT = "test_2016_flickr"
@@ -69,6 +73,7 @@ class PeerComparison:
     peer: dict[str, float]
     bench: dict  # this project's training figures: the latest `make bench` run
     bleu: dict[str, float]  # ours on the split, by search, from the timed output
+    checkpoint: str = ""  # ours, whose run folder's log gives a second training figure
     runs: list[ProcessRun] = field(default_factory=list)
 
     def median_speed(self, side: str, search: str) -> float | None:
@@ -145,7 +150,7 @@ def run_peer_comparison(
     examples = examples[:sentences]
     references = [e.references for e in examples]
     lines = len(examples) * REPEATS_OF_THE_SPLIT
-    comparison = PeerComparison(bench["machine"], str(summary), peer, bench, {})
+    comparison = PeerComparison(bench["machine"], str(summary), peer, bench, {}, checkpoint)
     with tempfile.TemporaryDirectory() as folder:
         source = Path(folder) / "five.en"
         write_lines(source, [e.source for e in examples] * REPEATS_OF_THE_SPLIT)
@@ -195,6 +200,15 @@ def markdown(comparison: PeerComparison, command: str) -> str:
         f"{best['target_tokens_per_second']:,.0f} | "
         f"{ratio(best['target_tokens_per_second'], peer['train_target_tokens_per_second'])} |",
     ]
+    run = Path(comparison.checkpoint).parent
+    logged = logged_tokens_per_second(run, skip=1) if (run / "logs").is_dir() else None
+    if logged:
+        lines.append(
+            "| training target tokens/s over the 15-minute run (each side's log after its first "
+            f"entry; ours: `{comparison.checkpoint}`'s run) | "
+            f"{peer['train_target_tokens_per_second']:,.0f} | {logged:,.0f} | "
+            f"{ratio(logged, peer['train_target_tokens_per_second'])} |"
+        )
     if fp32 and fp32 is not best:
         lines.append(
             f"| training target tokens/s, 32-true | "
@@ -225,12 +239,14 @@ def markdown(comparison: PeerComparison, command: str) -> str:
     ours_rss = comparison.peak_rss("seq2seq")
     theirs_rss = comparison.peak_rss("OpenNMT-py") or peer["translate_peak_rss_mb"]
     timed = sum(r.side == "seq2seq" for r in comparison.runs) // len(SEARCHES)
+    precision = resolve_precision("auto", "cuda" if torch.cuda.is_available() else "cpu")
     lines += [
         f"| peak memory, translation (MiB) | {theirs_rss:,.0f} | {ours_rss:,.0f} | "
         f"{ratio(ours_rss, theirs_rss)} |",
         "",
-        f"Our translation: `seq2seq translate` with no precision flag, the median of {timed} "
-        "runs per search; its BLEU is of the timed output's first copy of the split. The "
+        f"Our translation: `seq2seq translate` with no precision flag (`auto`: {precision} "
+        f"here) and no batch size, the median of {timed} runs per search; its BLEU is "
+        "of the timed output's first copy of the split. The "
         "peer's training figure is OpenNMT-py's own steady-state target "
         "tokens/s (its log windows after the first); ours is `make bench`'s steady state after "
         "its warm-up steps.",
