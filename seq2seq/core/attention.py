@@ -80,9 +80,14 @@ class Attn(nn.Module):
     def project_keys(self, keys: Tensor) -> Tensor:
         """What `attend` expects as keys; for ``additive`` the key half of the linear layer.
 
-        Call it once per batch and reuse the result at every decoder step.
+        Call it once per batch and reuse the result at every decoder step. Additive keys come
+        in the dtype the scores are computed in (fp32 under bf16 autocast), converted once here
+        rather than at every step.
         """
-        return self.key_proj(keys) if self.rule == "additive" else keys
+        if self.rule != "additive":
+            return keys
+        projected = self.key_proj(keys)
+        return projected.to(compute_dtype(projected))
 
     def attend(
         self, queries: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None = None
@@ -184,7 +189,9 @@ class _AdditiveScores(torch.autograd.Function):
 def hidden_sigmoid(queries: Tensor, keys: Tensor) -> Tensor:
     """σ(2 (q[b, t] + k[b, s])): (r, T, A) and (r, S, A) to (r, T, S, A), at least in fp32."""
     dtype = compute_dtype(queries)
-    return (queries.to(dtype).mul(2).unsqueeze(2) + keys.to(dtype).mul(2).unsqueeze(1)).sigmoid_()
+    # one pass over the (r, T, S, A) values: 2q + 2k, the 2 of k folded into the addition
+    twice_queries = queries.to(dtype).mul(2).unsqueeze(2)
+    return torch.add(twice_queries, keys.to(dtype).unsqueeze(1), alpha=2).sigmoid_()
 
 
 def compute_dtype(tensor: Tensor) -> torch.dtype:
