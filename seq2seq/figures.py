@@ -90,14 +90,12 @@ def read_run_metrics(run_dir: Path) -> list[dict[str, str]]:
     return rows
 
 
-def logged_tokens_per_second(run_dir: Path, skip: int = 0) -> float | None:
-    """The mean of the target tokens/s a run logged (every `log_every_n_steps`, each the rate of
-    its last few batches), without the first `skip` entries; None when it logged none."""
-    rates = [
-        float(row["tok/s"])
-        for row in read_run_metrics(run_dir)
-        if row.get("tok/s") not in (None, "", "0.0")
-    ][skip:]
+def logged_tokens_per_second(rows: list[dict[str, str]], skip: int = 0) -> float | None:
+    """The mean of the target tokens/s a run logged (`read_run_metrics` rows, one every
+    `log_every_n_steps`, each the rate of its last few batches), without the first `skip`
+    entries; None when it logged none."""
+    rates = [float(row["tok/s"]) for row in rows if row.get("tok/s") not in (None, "", "0.0")]
+    rates = rates[skip:]
     return sum(rates) / len(rates) if rates else None
 
 

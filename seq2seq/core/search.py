@@ -101,7 +101,7 @@ def greedy_search(
     """Pick the most probable token at every step, for a whole batch at once.
 
     source: (B, S) ids, source_lengths: (B,). Sentences that finish leave the batch (the
-    state is reordered) a bucket of rows at a time (`bucketed`), so they stop costing
+    state is reordered) a bucket of rows at a time (`rows_to_keep`), so they stop costing
     compute. Only the settings' length cap applies. `vocabulary`: the target ids a shortlist
     allows (`first_state`).
     """
@@ -117,27 +117,29 @@ def greedy_search(
     state = first_state(model, source, source_lengths, vocabulary)
     active = torch.arange(batch, device=device)  # (A,) the batch sentence of each decoder row
     live = torch.ones(batch, dtype=torch.bool, device=device)  # (A,) rows still decoding
-    live_rows = None  # indices of the live rows into A; None while every row is live
+    # indices of the live rows into A; None while every row is live, so the usual step
+    # indexes nothing (four index operations a step cost greedy search about 9 %)
+    live_rows = None
     previous = torch.full((batch,), BOS_ID, dtype=torch.long, device=device)
     for t in range(steps):
         logits, weights, state = model.decode_step(state, previous)  # (A, V), (A, S)
         best_scores, best = top_k(F.log_softmax(logits.float(), dim=-1), 1)  # (A, 1) each
         best_scores, best = best_scores.squeeze(1), best.squeeze(1)  # (A,)
         best = best if vocabulary is None else vocabulary.ids[best]
+        if live_rows is not None:
+            weights, best_scores = weights[live_rows], best_scores[live_rows]
         rows, new = (active, best) if live_rows is None else (active[live_rows], best[live_rows])
         tokens[rows, t] = new
-        attention[rows, t] = (weights if live_rows is None else weights[live_rows]).float()
-        scores[rows] += best_scores if live_rows is None else best_scores[live_rows]
+        attention[rows, t] = weights.float()
+        scores[rows] += best_scores
         lengths[rows] = t + 1
         ended = (best == EOS_ID) | (t + 1 >= caps[active])  # (A,)
         if ended.any():
             live &= ~ended
-            running = int(live.sum())
-            if running == 0:
+            if not live.any():
                 break
-            if bucketed(running) < live.numel():
-                # the live rows first, then finished ones to fill the bucket
-                keep = torch.argsort(~live, stable=True)[: bucketed(running)]
+            keep = rows_to_keep(live)
+            if keep is not None:
                 active, live, best = active[keep], live[keep], best[keep]
                 state = state.select_sentences(keep)
             live_rows = None if bool(live.all()) else live.nonzero().squeeze(1)
@@ -167,6 +169,16 @@ def bucketed(count: int, unit: int = ROW_BUCKET) -> int:
     if count >= unit:
         return -(-count // unit) * unit
     return 1 << (count - 1).bit_length()
+
+
+def rows_to_keep(searching: Tensor, beam_size: int = 1) -> Tensor | None:
+    """Indices into A of the sentences a search keeps once some are done: the searching ones
+    first, then done ones to fill a bucket of about `ROW_BUCKET` decoder rows (`bucketed`);
+    None when that is all of them. searching: (A,) bool, at least one True."""
+    kept = bucketed(int(searching.sum()), -(-ROW_BUCKET // beam_size))
+    if kept >= searching.numel():
+        return None
+    return torch.argsort(~searching, stable=True)[:kept]
 
 
 def first_state(
@@ -402,9 +414,8 @@ def beam_search(
 
     state = first_state(model, source, source_lengths, vocabulary)
     beam = BeamState.start(state, source_lengths, source_len)
-    searching = torch.ones(batch, dtype=torch.bool, device=device)  # (A,) not yet done
-    # done sentences leave a bucket at a time (`bucketed`): about ROW_BUCKET rows' worth
-    sentences_per_bucket = -(-ROW_BUCKET // settings.beam_size)
+    # (A,) not yet done; done sentences leave a bucket at a time (`rows_to_keep`)
+    searching = torch.ones(batch, dtype=torch.bool, device=device)
     for t in range(int(caps.max())):
         logits, weights, decoder = model.decode_step(beam.decoder, beam.previous)  # (R, V), (R, S)
         extensions = beam.expand(logits, weights, t + 1, settings, vocabulary)
@@ -419,12 +430,10 @@ def beam_search(
         done = at_cap | (final[:, 0] & (finished_count[beam.sentences] >= settings.nbest))  # (A,)
         if (done & searching).any():
             searching &= ~done
-            running = int(searching.sum())
-            if running == 0:
+            if not searching.any():
                 break
-            kept = bucketed(running, sentences_per_bucket)
-            if kept < searching.numel():
-                keep = torch.argsort(~searching, stable=True)[:kept]  # the searching ones first
+            keep = rows_to_keep(searching, settings.beam_size)
+            if keep is not None:
                 beam, searching = beam.keep_sentences(keep), searching[keep]
     return [sorted(hypotheses, key=lambda h: -h.score)[: settings.nbest] for hypotheses in finished]
 

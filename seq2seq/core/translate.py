@@ -42,6 +42,11 @@ def native_bf16(device: torch.device | str) -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
+def default_device(precision: str) -> str:
+    """Where a translator runs unless told: a GPU when there is one, except for int8 (CPU only)."""
+    return "cuda" if torch.cuda.is_available() and precision != "int8" else "cpu"
+
+
 def resolve_precision(precision: str, device: torch.device | str) -> str:
     """`auto` is bf16 where it is native, else fp32: beam search runs faster in bf16 at the
     same BLEU, greedy search no slower (BENCHMARKS.md). Not int8, though it is faster still:
@@ -190,7 +195,7 @@ class Translator:
         costs beam search a few tenths of BLEU, BENCHMARKS.md)."""
         checkpoint = load_checkpoint(path)
         net, source_tokenizer, target_tokenizer = load_network(checkpoint, path)
-        device = device or ("cuda" if torch.cuda.is_available() and precision != "int8" else "cpu")
+        device = device or default_device(precision)
         if precision == "int8" and device != "cpu":
             raise Seq2SeqError(
                 "int8 translation runs on the CPU only: pass --device cpu or another --precision"

@@ -50,7 +50,7 @@ def serve(
             model.translator.precision,
             torch.get_num_threads(),
         )
-    if limits.batching and precision == "int8":
+    if limits.batching and any(model.translator.precision == "int8" for model in models):
         log.warning(
             "int8 quantizes each batch's activations together: an answer can depend on the "
             "requests batched with it; use --precision fp32 or bf16 where that matters"

@@ -142,7 +142,7 @@ def score_variant(name: str, folder: Path, split: str) -> VariantResult:
         decoder=net.config.decoder,
         parameters=sum(p.numel() for p in net.parameters()),
         steps=max(int(row["step"]) for row in rows),
-        tokens_per_second=logged_tokens_per_second(folder) or 0.0,
+        tokens_per_second=logged_tokens_per_second(rows) or 0.0,
         bleu=scores["BLEU"],
         bleu_lowercased=scores["BLEU lowercased"],
         split=split,

@@ -281,7 +281,8 @@ def measure_translation(
     batch_size: int | None = None,
 ) -> TranslationFigures:
     """Speed and BLEU of `sources`; `batch_size` None: the translator's default for its search."""
-    batch_size = batch_size or default_batch_size(translator.search.beam_size)
+    if batch_size is None:
+        batch_size = default_batch_size(translator.search.beam_size)
     translator.translate(sources[:batch_size], batch_size)  # warm-up: allocator, kernels
     synchronize(str(translator.device))
     start = time.perf_counter()

@@ -23,14 +23,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
-
 from seq2seq.atomic import write_lines
 from seq2seq.core.checkpoint import load_checkpoint
 from seq2seq.core.evaluate import load_split, score
-from seq2seq.core.translate import resolve_precision
+from seq2seq.core.translate import PRECISIONS, default_device, resolve_precision
 from seq2seq.errors import Seq2SeqError
-from seq2seq.figures import logged_tokens_per_second
+from seq2seq.figures import logged_tokens_per_second, read_run_metrics
 
 REPEATS_OF_THE_SPLIT = 5  # the harness's 5,000 lines: start-up amortised as a user's file is
 SPLIT = "test_2016_flickr"
@@ -200,8 +198,10 @@ def markdown(comparison: PeerComparison, command: str) -> str:
         f"{best['target_tokens_per_second']:,.0f} | "
         f"{ratio(best['target_tokens_per_second'], peer['train_target_tokens_per_second'])} |",
     ]
-    run = Path(comparison.checkpoint).parent
-    logged = logged_tokens_per_second(run, skip=1) if (run / "logs").is_dir() else None
+    try:
+        logged = logged_tokens_per_second(read_run_metrics(Path(comparison.checkpoint).parent), 1)
+    except Seq2SeqError:  # a checkpoint without its run's logs
+        logged = None
     if logged:
         lines.append(
             "| training target tokens/s over the 15-minute run (each side's log after its first "
@@ -239,7 +239,7 @@ def markdown(comparison: PeerComparison, command: str) -> str:
     ours_rss = comparison.peak_rss("seq2seq")
     theirs_rss = comparison.peak_rss("OpenNMT-py") or peer["translate_peak_rss_mb"]
     timed = sum(r.side == "seq2seq" for r in comparison.runs) // len(SEARCHES)
-    precision = resolve_precision("auto", "cuda" if torch.cuda.is_available() else "cpu")
+    precision = resolve_precision(PRECISIONS[0], default_device(PRECISIONS[0]))
     lines += [
         f"| peak memory, translation (MiB) | {theirs_rss:,.0f} | {ours_rss:,.0f} | "
         f"{ratio(ours_rss, theirs_rss)} |",
