@@ -348,3 +348,39 @@ def test_beam_nbest_is_sorted_sized_and_batch_independent(architecture):
         assert [h.tokens for h in alone] == [h.tokens for h in nbest]
         for h in nbest:
             assert h.attention.shape[1] == len(sentence)
+
+
+@pytest.mark.parametrize("side", ["encoder", "decoder"])
+def test_word_dropout_zeroes_whole_token_embeddings_in_training_only(side):
+    net = network(word_dropout=0.5).train()
+    module = getattr(net, side)
+    source, _ = padded(SENTENCES)
+    embedding = module.embedding(source)  # (B, S, E)
+    torch.manual_seed(1)
+    dropped = module.word_dropout(embedding)
+    zeroed = (dropped == 0).all(-1)  # (B, S): a dropped token loses every unit
+    kept = ~zeroed
+    assert 0 < zeroed.sum() < zeroed.numel()
+    torch.testing.assert_close(dropped[kept], embedding[kept] * 2.0)  # scaled by 1 / (1 - p)
+    net.eval()
+    assert torch.equal(module.word_dropout(embedding), embedding)
+
+
+def test_word_dropout_changes_the_training_pass_only():
+    source, lengths = padded(SENTENCES)
+    target_in = torch.randint(4, VOCAB, (3, 5))
+    plain, dropped = network().train(), network(word_dropout=0.3).train()
+    torch.manual_seed(2)
+    expected = plain(source, lengths, target_in)
+    torch.manual_seed(2)
+    assert not torch.allclose(dropped(source, lengths, target_in), expected)
+    torch.testing.assert_close(
+        dropped.eval()(source, lengths, target_in), plain.eval()(source, lengths, target_in)
+    )
+
+
+@pytest.mark.parametrize("name", ["dropout", "word_dropout"])
+@pytest.mark.parametrize("value", [-0.1, 1.0])
+def test_dropout_outside_zero_to_one_is_refused_by_name(name, value):
+    with pytest.raises(Seq2SeqError, match=f"model.network.{name}={value} is a probability"):
+        ModelConfig(**{name: value})

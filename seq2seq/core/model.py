@@ -58,6 +58,10 @@ class ModelConfig:
         attention_size: hidden size of the additive rule (default: decoder_hidden_size).
         max_source_length: positions the concat rule can attend to (unused by the others).
         dropout: on embeddings, between GRU layers and before the output layer.
+        word_dropout: in training, the share of source and target tokens whose whole
+            embedding is zeroed (Gal and Ghahramani, 2016; Sennrich and Zhang, 2019): a
+            word must then be translated from its context too, which regularises a small
+            corpus more than unit dropout alone.
         tie_embeddings: share the target embedding with the output layer (the attention
             output then has the embedding size).
     """
@@ -72,6 +76,7 @@ class ModelConfig:
     attention_size: int | None = None
     max_source_length: int = 128
     dropout: float = 0.2
+    word_dropout: float = 0.0
     tie_embeddings: bool = False
     cell: Cell = "gru"
     encoder_cell: Cell | None = None
@@ -79,6 +84,13 @@ class ModelConfig:
     decoder: DecoderKind = "bahdanau"
 
     def __post_init__(self) -> None:
+        for name in ("dropout", "word_dropout"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise Seq2SeqError(
+                    f"model.network.{name}={value} is a probability: give a value from 0 up to "
+                    f"(not including) 1"
+                )
         for name in ("cell", "encoder_cell", "decoder_cell"):
             value = getattr(self, name)
             if value is not None and value not in CELLS:
@@ -190,12 +202,30 @@ class DecoderState:
         return self._rows(rows, beams=rows.numel() // self.memory.size(0))
 
 
+class WordDropout(nn.Module):
+    """Zeroes whole token embeddings with probability `p` in training, scaling the kept ones
+    by 1 / (1 - p) as unit dropout does; the identity in evaluation."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, embedded: Tensor) -> Tensor:
+        """embedded: (B, T, E). One draw per token, shared by its E units."""
+        if not self.training or self.p == 0.0:
+            return embedded
+        keep = torch.empty_like(embedded[..., :1]).bernoulli_(1.0 - self.p)  # (B, T, 1)
+        return embedded * keep / (1.0 - self.p)
+
+
 class Encoder(nn.Module):
-    """Embedding → dropout → (bidirectional) multi-layer GRU, LSTM or RNN over packed sequences."""
+    """Embedding → word and unit dropout → (bidirectional) multi-layer GRU, LSTM or RNN over
+    packed sequences."""
 
     def __init__(self, vocab_size: int, config: ModelConfig) -> None:
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, config.embedding_size, padding_idx=PAD_ID)
+        self.word_dropout = WordDropout(config.word_dropout)
         self.dropout = nn.Dropout(config.dropout)
         self.rnn = RECURRENT_LAYERS[config.encoder_cell_type](
             config.embedding_size,
@@ -209,7 +239,7 @@ class Encoder(nn.Module):
 
     def forward(self, source: Tensor, source_lengths: Tensor) -> tuple[Tensor, Tensor]:
         """source: (B, S) ids, source_lengths: (B,). Returns states (B, S, M) and final (B, M)."""
-        embedded = self.dropout(self.embedding(source))  # (B, S, E)
+        embedded = self.dropout(self.word_dropout(self.embedding(source)))  # (B, S, E)
         packed = pack_padded_sequence(
             embedded, source_lengths.cpu(), batch_first=True, enforce_sorted=False
         )
@@ -232,6 +262,7 @@ class Decoder(nn.Module):
         self.layers = config.decoder_layers
         self.is_lstm = config.decoder_cell_type == "lstm"
         self.embedding = nn.Embedding(vocab_size, config.embedding_size, padding_idx=PAD_ID)
+        self.word_dropout = WordDropout(config.word_dropout)
         self.dropout = nn.Dropout(config.dropout)
         self.bridge = nn.Linear(memory_size, config.decoder_layers * config.decoder_hidden_size)
         # concat scores from (decoder output, input embedding), as the course pairs query and key.
@@ -269,6 +300,10 @@ class Decoder(nn.Module):
             allowed = state.output_allowed.repeat_interleave(state.beams, dim=0)  # (R, C)
             logits = logits.masked_fill(~allowed.unsqueeze(1), float("-inf"))
         return logits, weights, state
+
+    def embed(self, previous: Tensor) -> Tensor:
+        """previous: (R, T) ids to their embeddings (R, T, E), word and unit dropout applied."""
+        return self.dropout(self.word_dropout(self.embedding(previous)))
 
     def features(
         self, state: DecoderState, previous: Tensor
@@ -321,7 +356,7 @@ class BahdanauDecoder(Decoder):
         self, state: DecoderState, previous: Tensor
     ) -> tuple[Tensor, Tensor, DecoderState]:
         rows, steps = previous.shape  # rows = B * beams
-        embedded = self.dropout(self.embedding(previous))  # (R, T, E)
+        embedded = self.embed(previous)  # (R, T, E)
         outputs, recurrent = self.rnn(embedded, state.recurrent)  # (R, T, D)
         # a sentence's beams query its memory together: (B, beams * T, D)
         queries = outputs.reshape(state.memory.size(0), state.beams * steps, -1)
@@ -360,7 +395,7 @@ class ConditionalDecoder(Decoder):
     ) -> tuple[Tensor, Tensor, DecoderState]:
         rows, steps = previous.shape  # rows = B * beams
         per_sentence = (state.memory.size(0), state.beams, -1)  # a sentence's beams query together
-        embedded = self.dropout(self.embedding(previous))  # (R, T, E)
+        embedded = self.embed(previous)  # (R, T, E)
         keys = self.attention_keys(state, embedded)
         recurrent = self._cell_state(state)  # (R, D), or the LSTM's pair
         features, weights = [], []
