@@ -1,5 +1,5 @@
 """`python -m seq2seq` is the same as the `seq2seq` command."""
 
-from seq2seq.cli import main
+from seq2seq.cli import run
 
-raise SystemExit(main())
+run()

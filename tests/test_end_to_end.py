@@ -1,8 +1,12 @@
 """Train the tiny config on real Tatoeba pairs, then use it the way a user would."""
 
+import io
+import os
 import subprocess
 import sys
 import unicodedata
+
+import pytest
 
 from seq2seq.cli import main
 from seq2seq.core.checkpoint import load_checkpoint
@@ -53,12 +57,16 @@ def is_one_of(output: str, references: tuple[str, ...]) -> bool:
 
 
 def run_cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    """The program as a user runs it: with buffered standard streams, whatever this
+    environment's PYTHONUNBUFFERED says."""
+    environment = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     return subprocess.run(
         [sys.executable, "-m", "seq2seq", *args],
         input=stdin,
         capture_output=True,
         text=True,
         timeout=300,
+        env=environment,
     )
 
 
@@ -91,6 +99,50 @@ def test_translate_command_with_files(tiny_checkpoint, training_examples, tmp_pa
     output = (tmp_path / "out.fr").read_text(encoding="utf-8").split("\n")[:-1]
     assert len(output) == 20
     assert sum(is_one_of(o, e.references) for o, e in zip(output, training_examples)) >= 18
+
+
+def test_translate_command_delivers_a_long_output_whole_through_a_pipe(
+    tiny_checkpoint, training_examples
+):
+    # the program ends without the interpreter's teardown (`cli.run`): what stdout still
+    # buffers must be flushed first, or the end of the output is lost
+    sources = [e.source for e in training_examples[:100]] * 5
+    result = run_cli("translate", "--checkpoint", str(tiny_checkpoint), stdin="\n".join(sources))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:-1] == Translator.from_checkpoint(tiny_checkpoint).translate(
+        sources
+    )
+
+
+def test_the_program_exits_promptly_with_mains_status_except_after_training(monkeypatch):
+    import seq2seq.cli as cli
+
+    def fake_exit(code: int) -> None:
+        raise SystemExit(("prompt", code))
+
+    monkeypatch.setattr(cli.os, "_exit", fake_exit)
+    monkeypatch.setattr(cli, "main", lambda argv: 3)
+    for argv, expected in ((["translate"], ("prompt", 3)), (["train"], 3), ([], ("prompt", 3))):
+        monkeypatch.setattr(cli.sys, "argv", ["seq2seq", *argv])
+        with pytest.raises(SystemExit) as exit_info:
+            cli.run()
+        assert exit_info.value.code == expected, argv
+
+
+def test_a_failed_flush_at_the_prompt_exit_gives_status_120(monkeypatch):
+    import seq2seq.cli as cli
+
+    class GoneReader(io.StringIO):
+        def flush(self) -> None:
+            raise BrokenPipeError
+
+    monkeypatch.setattr(cli.os, "_exit", lambda code: (_ for _ in ()).throw(SystemExit(code)))
+    monkeypatch.setattr(cli, "main", lambda argv: 0)
+    monkeypatch.setattr(cli.sys, "argv", ["seq2seq", "translate"])
+    monkeypatch.setattr(cli.sys, "stdout", GoneReader())
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run()
+    assert exit_info.value.code == 120
 
 
 def test_evaluate_command_prints_scores_and_saves_hypotheses(tiny_checkpoint, mirror, capsys):

@@ -144,13 +144,14 @@ def greedy_search(
                 state = state.select_sentences(keep)
             live_rows = None if bool(live.all()) else live.nonzero().squeeze(1)
         previous = best
+    # Python numbers once per batch: indexing tensors element by element costs more than the
+    # copies themselves
+    token_rows, length_list = tokens.tolist(), lengths.tolist()
     return [
-        _hypothesis(
-            tokens[i, : lengths[i]],
-            attention[i, : lengths[i], : source_lengths[i]],
-            float(scores[i]),
+        _hypothesis(ids[:length], attention[i, :length, :source_length], score)
+        for i, (ids, length, source_length, score) in enumerate(
+            zip(token_rows, length_list, source_lengths.tolist(), scores.tolist())
         )
-        for i in range(batch)
     ]
 
 
@@ -196,15 +197,18 @@ def first_state(
     return model.restrict(state, vocabulary.ids, vocabulary.allowed)
 
 
+CPU = torch.device("cpu")
+
+
 def _hypothesis(
-    steps: Tensor, attention: Tensor, log_probability: float, score: float | None = None
+    ids: list[int], attention: Tensor, log_probability: float, score: float | None = None
 ) -> Hypothesis:
-    """A finished output; `score` defaults to the log-probability."""
-    ids = steps.tolist()
+    """A finished output from its ids (eos included when produced); `score` defaults to the
+    log-probability."""
     if ids and ids[-1] == EOS_ID:
         ids = ids[:-1]
     # a copy: a view would keep the whole batch's attention alive as long as the hypothesis
-    attention = attention.to("cpu", copy=True)
+    attention = attention.to(CPU, copy=True)
     return Hypothesis(ids, log_probability if score is None else score, log_probability, attention)
 
 
@@ -339,10 +343,10 @@ class BeamState:
         coverage = extensions.coverage_penalty[rows].tolist()
         log_probabilities = extensions.log_probabilities[a, j].tolist()
         finished = []
-        for f, sentence in enumerate(self.sentences[a].tolist()):
+        for f, (sentence, ids) in enumerate(zip(self.sentences[a].tolist(), steps.tolist())):
             score = log_probabilities[f] / extensions.length_penalty + coverage[f]
             hypothesis = _hypothesis(
-                steps[f], attention[f, :, : source_lengths[sentence]], log_probabilities[f], score
+                ids, attention[f, :, : source_lengths[sentence]], log_probabilities[f], score
             )
             finished.append((sentence, hypothesis))
         return finished
