@@ -136,7 +136,10 @@ def test_a_failed_flush_at_the_prompt_exit_gives_status_120(monkeypatch):
         def flush(self) -> None:
             raise BrokenPipeError
 
-    monkeypatch.setattr(cli.os, "_exit", lambda code: (_ for _ in ()).throw(SystemExit(code)))
+    def fake_exit(code: int) -> None:
+        raise SystemExit(code)
+
+    monkeypatch.setattr(cli.os, "_exit", fake_exit)
     monkeypatch.setattr(cli, "main", lambda argv: 0)
     monkeypatch.setattr(cli.sys, "argv", ["seq2seq", "translate"])
     monkeypatch.setattr(cli.sys, "stdout", GoneReader())
