@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from seq2seq.core import translate
 from seq2seq.core.checkpoint import load_checkpoint
 from seq2seq.core.model import CELLS, DECODERS
 from seq2seq.core.search import SearchSettings, greedy_search
@@ -119,3 +120,25 @@ def test_int8_translation_keeps_the_memorised_pairs(trained, pairs):
 def test_bf16_translation_keeps_the_memorised_pairs(trained, pairs):
     translator = Translator.from_checkpoint(trained[3], precision="bf16")
     assert reproduced(translator, pairs, beam_size=5) >= 0.8
+
+
+@pytest.mark.skipif(not native_bf16("cpu"), reason="this CPU has no native bf16")
+def test_a_bf16_decoder_translates_as_autocast_over_fp32_weights(trained, pairs, monkeypatch):
+    stored = Translator.from_checkpoint(trained[3], precision="bf16")
+    decoder_matrices = [p for p in stored.net.decoder.parameters() if p.dim() == 2]
+    energy = getattr(stored.net.decoder.attention, "energy", None)
+    assert {p.dtype for p in decoder_matrices if energy is None or p is not energy.weight} == {
+        torch.bfloat16
+    }
+    assert {p.dtype for p in stored.net.encoder.parameters()} == {torch.float32}
+    monkeypatch.setitem(translate.PREPARE_NETWORK, "bf16", lambda net: net)
+    autocast = Translator.from_checkpoint(trained[3], precision="bf16")
+    assert {p.dtype for p in autocast.net.parameters()} == {torch.float32}
+    sources = [p.source for p in pairs]
+    for search in (SearchSettings(), SearchSettings(beam_size=3, nbest=2)):
+        expected = autocast.translate_detailed(sources, search=search)
+        got = stored.translate_detailed(sources, search=search)
+        assert [t.texts for t in got] == [t.texts for t in expected]
+        assert [[h.score for h in t.hypotheses] for t in got] == [
+            [h.score for h in t.hypotheses] for t in expected
+        ]

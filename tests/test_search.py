@@ -6,6 +6,7 @@ import threading
 import pytest
 import torch
 
+from seq2seq.core.checkpoint import load_checkpoint, load_network
 from seq2seq.core.search import (
     ROW_BUCKET,
     SearchSettings,
@@ -32,7 +33,7 @@ def sentences(data_dir, mirror) -> list[str]:
 
 
 def test_beam_of_one_is_greedy_search_on_a_trained_model(tiny_checkpoint, sentences):
-    translator = Translator.from_checkpoint(tiny_checkpoint)
+    translator = Translator.from_checkpoint(tiny_checkpoint, precision="fp32")
     source_ids = [line.ids for line in translator.encode(sentences)]
     lengths = torch.tensor([len(ids) for ids in source_ids])
     source = torch.nn.utils.rnn.pad_sequence(
@@ -110,6 +111,16 @@ def test_reduced_precision_translates_the_memorised_pairs_alike(
         memorised
     )
     assert sum(a == b for a, b in zip(full, reduced)) >= 28
+
+
+def test_bf16_translation_leaves_the_callers_network_in_fp32(tiny_checkpoint):
+    net, source_tokenizer, target_tokenizer = load_network(
+        load_checkpoint(tiny_checkpoint), tiny_checkpoint
+    )
+    translator = Translator(net, source_tokenizer, target_tokenizer, precision="bf16")
+    assert translator.net is not net
+    assert {p.dtype for p in net.parameters()} == {torch.float32}
+    assert torch.bfloat16 in {p.dtype for p in translator.net.parameters()}
 
 
 def test_the_default_precision_is_bf16_where_it_is_native(tiny_checkpoint, monkeypatch):

@@ -70,7 +70,8 @@ def narrow_checkpoint(tiny_checkpoint, training_examples, tmp_path_factory) -> P
 
 @pytest.fixture(scope="module")
 def translator(narrow_checkpoint) -> Translator:
-    return Translator.from_checkpoint(narrow_checkpoint, shortlist=True)
+    # fp32: some tests run its network outside the translator, where a bf16 copy would not run
+    return Translator.from_checkpoint(narrow_checkpoint, precision="fp32", shortlist=True)
 
 
 def source_batch(translator: Translator, sentences: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,6 +7,7 @@ with one network; each call may bring its own `SearchSettings`.
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -88,6 +89,33 @@ def quantize_int8(net: Seq2Seq) -> torch.nn.Module:
         return torch.ao.quantization.quantize_dynamic(net, layers, dtype=torch.qint8)
 
 
+def bf16_decoder(net: Seq2Seq) -> Seq2Seq:
+    """A copy of `net` whose decoder matrices are stored in bf16, for bf16 autocast.
+
+    Autocast casts them anew in every batch; stored in bf16 they give the same products
+    in less time and memory (BENCHMARKS.md, "Precision"). The encoder stays fp32, since
+    autocast runs its packed recurrent layer in fp32, and so does the additive attention's
+    energy vector, which the fused score reads in fp32 (`attention.additive_scores`). Only
+    on a CPU, where it was measured: a GPU keeps autocast's casts.
+    """
+    if next(net.parameters()).device.type != "cpu":
+        return net
+    net = copy.deepcopy(net)
+    energy = getattr(net.decoder.attention, "energy", None)
+    kept_fp32 = {id(energy.weight)} if energy is not None else set()
+    for parameter in net.decoder.parameters():
+        if parameter.dim() == 2 and id(parameter) not in kept_fp32:
+            parameter.data = parameter.data.to(torch.bfloat16)
+    return net
+
+
+PREPARE_NETWORK: dict[str, Callable[[Seq2Seq], torch.nn.Module]] = {
+    "fp32": lambda net: net,
+    "bf16": bf16_decoder,
+    "int8": quantize_int8,
+}
+
+
 @dataclass(frozen=True)
 class EncodedLine:
     """A source line as the model reads it.
@@ -137,7 +165,8 @@ class Translator:
 
         `precision`: fp32; bf16 (autocast: for GPUs and CPUs with AMX/AVX512-BF16); int8
         (dynamic quantization of the linear and recurrent layers, CPU only); or auto
-        (`resolve_precision`).
+        (`resolve_precision`). bf16 and int8 search a converted copy of `net`
+        (`PREPARE_NETWORK`), `self.net`: a bf16 copy runs only under the translator's autocast.
         `workers`: batches searched side by side on a CPU, each with an equal share of
         torch's threads (default: one per thread; on a GPU always one).
         `shortlist`: score only each batch's likely target pieces (`seq2seq.core.shortlist`);
@@ -148,7 +177,7 @@ class Translator:
             raise Seq2SeqError(f"workers must be at least 1, got {workers}")
         self.workers = workers
         self.precision = precision
-        self.net = quantize_int8(net.eval()) if precision == "int8" else net.eval()
+        self.net = PREPARE_NETWORK[precision](net.eval())
         self.source_tokenizer = source_tokenizer
         self.target_tokenizer = target_tokenizer
         self.corpus = corpus or {}
