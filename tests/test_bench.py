@@ -170,7 +170,12 @@ PEER_SUMMARY = "\n".join(
 def test_peer_comparison_reads_the_summary_times_both_sides_and_writes_its_section(
     tiny_checkpoint, mirror, tmp_path
 ):
-    from seq2seq.training.peer import SECTION_START, read_peer_summary, run_peer_comparison
+    from seq2seq.training.peer import (
+        SECTION_START,
+        read_bench_report,
+        read_peer_summary,
+        run_peer_comparison,
+    )
     from seq2seq.training.peer import save as save_peer
 
     summary = tmp_path / "summary.txt"
@@ -221,6 +226,9 @@ def test_peer_comparison_reads_the_summary_times_both_sides_and_writes_its_secti
     assert "| training target tokens/s, 32-true | 1,452 | 3,000 | 2.07× |" in markdown
     report = json.loads(bench.read_text())
     assert report["training"] == training and len(report["peer"]["runs"]) == 6
+    # the next comparison reads the training figures without this one
+    again = read_bench_report(bench)
+    assert "peer" not in again and again["training"] == training
 
 
 def test_a_partial_peer_summary_names_the_missing_line(tmp_path):

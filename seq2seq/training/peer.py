@@ -103,6 +103,19 @@ def read_peer_summary(path: Path) -> dict[str, float]:
     return figures
 
 
+def read_bench_report(path: Path) -> dict:
+    """The latest `make bench` report, without the peer comparison saved beside it: kept, each
+    comparison would carry the one before it, nested ever deeper."""
+    if not path.is_file():
+        raise Seq2SeqError(
+            f"no {path}: run make bench first, so that the training figures are of "
+            "this machine and this hour"
+        )
+    report = json.loads(path.read_text())
+    report.pop("peer", None)
+    return report
+
+
 def translate_command(checkpoint: str, source: Path, output: Path, *options: str) -> list[str]:
     """`seq2seq translate` of a file as a user runs it: a process of its own."""
     command = [sys.executable, "-m", "seq2seq", "translate", "--checkpoint", checkpoint]
@@ -137,12 +150,7 @@ def run_peer_comparison(
     the whole `test_2016_flickr`.
     """
     peer = read_peer_summary(summary)
-    if not bench_json.is_file():
-        raise Seq2SeqError(
-            f"no {bench_json}: run make bench first, so that the training figures are of "
-            "this machine and this hour"
-        )
-    bench = json.loads(bench_json.read_text())
+    bench = read_bench_report(bench_json)
     corpus = load_checkpoint(checkpoint)["seq2seq"]["corpus"]
     examples = load_split(corpus, split, mirror)[split]
     examples = examples[:sentences]
