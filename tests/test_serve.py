@@ -46,6 +46,7 @@ def test_v1_translate_answers_each_line_as_offline_translation_does(tiny_server,
     assert answer.status_code == 200, answer.text
     body = answer.json()
     expected = offline.translate_detailed(lines)
+    defaults = SearchSettings()
     assert [t["text"] for t in body["translations"]] == [t.text for t in expected]
     assert body["translations"][1] == {
         "text": "",
@@ -68,7 +69,7 @@ def test_v1_translate_answers_each_line_as_offline_translation_does(tiny_server,
         "target_language": "fr",
         "corpus": "tatoeba",
         "precision": offline.precision,  # both resolve the default alike
-        "search": {"beam_size": 1, "n_best": 1, "alpha": 0.6, "beta": 0.3},
+        "search": {"beam_size": 1, "n_best": 1, "alpha": defaults.alpha, "beta": defaults.beta},
     }
 
 

@@ -28,8 +28,9 @@ class SearchSettings:
     Attributes:
         beam_size: hypotheses kept per sentence (1: greedy).
         alpha: GNMT length penalty of beam search (0: rank by log-probability alone).
-        beta: GNMT coverage penalty of beam search (0: none); 0.3 was the best of 0-0.4 on
-            Multi30k and Tatoeba validation (docs/benchmark-history.md).
+        beta: GNMT coverage penalty of beam search (0: none); 0.1 was the best of 0-0.3 on
+            the validation split for four Multi30k models, en-de and en-fr (BENCHMARKS.md,
+            "Search settings").
         nbest: hypotheses returned per sentence, best first (at most `beam_size`).
         max_length_ratio: output cap in target tokens per source token.
         min_length: the output cap never falls below this, so short sources can be
@@ -38,7 +39,7 @@ class SearchSettings:
 
     beam_size: int = 1
     alpha: float = 0.6
-    beta: float = 0.3
+    beta: float = 0.1
     nbest: int = 1
     max_length_ratio: float = 2.0
     min_length: int = 10
