@@ -46,7 +46,6 @@ def test_v1_translate_answers_each_line_as_offline_translation_does(tiny_server,
     assert answer.status_code == 200, answer.text
     body = answer.json()
     expected = offline.translate_detailed(lines)
-    defaults = SearchSettings()
     assert [t["text"] for t in body["translations"]] == [t.text for t in expected]
     assert body["translations"][1] == {
         "text": "",
@@ -62,6 +61,7 @@ def test_v1_translate_answers_each_line_as_offline_translation_does(tiny_server,
     assert first["target_tokens"] == offline.target_pieces(expected[0].hypotheses[0])
     assert first["truncated"] is False and "attention" not in first
     assert [h["text"] for h in first["n_best"]] == [first["text"]]
+    defaults = SearchSettings()
     assert body["model"] == {
         "name": "tiny",
         "id": 0,

@@ -102,9 +102,8 @@ def bf16_decoder(net: Seq2Seq) -> Seq2Seq:
         return net
     net = copy.deepcopy(net)
     energy = getattr(net.decoder.attention, "energy", None)
-    kept_fp32 = {id(energy.weight)} if energy is not None else set()
     for parameter in net.decoder.parameters():
-        if parameter.dim() == 2 and id(parameter) not in kept_fp32:
+        if parameter.dim() == 2 and (energy is None or parameter is not energy.weight):
             parameter.data = parameter.data.to(torch.bfloat16)
     return net
 
