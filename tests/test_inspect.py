@@ -197,6 +197,17 @@ def test_evaluate_writes_markdown_and_json_reports_named_by_search(tiny_checkpoi
     )
 
 
+def test_an_explicit_precision_keeps_its_own_report_beside_the_defaults(tiny_checkpoint, mirror):
+    """`auto` may resolve to bf16: an fp32 evaluation must not overwrite its files."""
+    arguments = ["evaluate", "--checkpoint", str(tiny_checkpoint), "--mirror", str(mirror)]
+    assert main([*arguments, "--precision", "fp32"]) == 0
+    report = json.loads(
+        (tiny_checkpoint.parent / "last.greedy.fp32.report.json").read_text(encoding="utf-8")
+    )
+    assert report["search"]["precision"] == "fp32"
+    assert (tiny_checkpoint.parent / "last.greedy.fp32.test.fr").exists()
+
+
 def test_averaging_two_identical_checkpoints_gives_the_same_weights(tiny_checkpoint, tmp_path):
     averaged = average_checkpoints([tiny_checkpoint, tiny_checkpoint], tmp_path / "average.ckpt")
     original = load_checkpoint(tiny_checkpoint)["state_dict"]

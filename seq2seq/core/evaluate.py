@@ -186,7 +186,7 @@ def evaluate_checkpoint(
 
     Beside the checkpoint go the translations (`<stem>.<search>.<split>.<lang>`) and the
     report (`<stem>.<search>.report.md` and `.json`); the search name (`greedy`, `beam5`),
-    a precision other than the default and `.shortlist` keep runs with different settings
+    a precision other than the default (`auto`) and `.shortlist` keep runs with different settings
     apart.
     """
     checkpoint = Path(checkpoint)
@@ -195,7 +195,7 @@ def evaluate_checkpoint(
     )
     prefix = (
         f"{checkpoint.stem}.{search.describe()}"
-        + ("" if precision in ("auto", "fp32") else f".{precision}")
+        + ("" if precision == PRECISIONS[0] else f".{precision}")
         + (".shortlist" if shortlist else "")
     )
     results = []
