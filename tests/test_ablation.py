@@ -13,7 +13,7 @@ from tests.conftest import TINY_CONFIG
 
 @pytest.fixture(scope="module")
 def small_config(tmp_path_factory, data_dir, mirror):
-    """The tiny config on 16 pairs in small batches for 40 epochs, reading the test session's
+    """The tiny config on 16 pairs in small batches for 10 epochs, reading the test session's
     corpora."""
     text = TINY_CONFIG.read_text()
     for old, new in (
@@ -21,9 +21,9 @@ def small_config(tmp_path_factory, data_dir, mirror):
             "max_train_examples: 300",
             f"max_train_examples: 16\n  data_dir: {data_dir}\n  mirror: {mirror}",
         ),
-        ("max_epochs: 100", "max_epochs: 40"),
+        ("max_epochs: 100", "max_epochs: 10"),
         ("max_tokens: 1024", "max_tokens: 96"),  # a few batches an epoch, for the speed
-        ("check_val_every_n_epoch: 50", "check_val_every_n_epoch: 40"),
+        ("check_val_every_n_epoch: 50", "check_val_every_n_epoch: 10"),
     ):
         assert old in text
         text = text.replace(old, new)

@@ -402,6 +402,11 @@ class TranslationDataModule(L.LightningDataModule):
             "test_splits": list(self.corpus.test_splits),
         }
 
+    def checkpoint_record(self) -> dict:
+        """`describe()` and the share of the training split used: what a checkpoint keeps, so
+        that `seq2seq shortlist` rebuilds its shortlist from the pairs the model saw."""
+        return {**self.describe(), "max_train_examples": self.max_train_examples}
+
     def _tokenizer_paths(self) -> tuple[Path, Path]:
         settings = json.dumps(
             [

@@ -224,7 +224,7 @@ class TranslationModule(L.LightningModule):
             self.network_config,
             self.data.source_tokenizer,
             self.data.target_tokenizer,
-            self.data.describe(),
+            self.data.checkpoint_record(),
             self.data.shortlist(),
         )
 
