@@ -403,8 +403,8 @@ class TranslationDataModule(L.LightningDataModule):
         }
 
     def checkpoint_record(self) -> dict:
-        """`describe()` and the share of the training split used: what a checkpoint keeps, so
-        that `seq2seq shortlist` rebuilds its shortlist from the pairs the model saw."""
+        """`describe()` and how many training examples were used (None: all): what a checkpoint
+        keeps, so that `seq2seq shortlist` rebuilds its shortlist from the pairs the model saw."""
         return {**self.describe(), "max_train_examples": self.max_train_examples}
 
     def _tokenizer_paths(self) -> tuple[Path, Path]:
