@@ -449,13 +449,16 @@ def load_recorded_corpus(
     info: dict, mirror: str | os.PathLike | None = None
 ) -> tuple[Corpus, dict[str, list[Example]]]:
     """The corpus a checkpoint records (its `corpus` section: name, languages, files,
-    data folder), fetched there if need be, and its splits."""
+    data folder), fetched there if need be, and its splits; the training split only as far
+    as the run read it (`max_train_examples`, recorded since 2026-12-07; older: all of it)."""
     corpus = open_corpus(
         info["corpus"], info["source_lang"], info["target_lang"], info.get("custom_files")
     )
     data_dir = Path(info["data_dir"])
     corpus.prepare(data_dir, mirror)
-    return corpus, corpus.load(data_dir)
+    splits = corpus.load(data_dir)
+    splits[corpus.train_split] = splits[corpus.train_split][: info.get("max_train_examples")]
+    return corpus, splits
 
 
 def training_pairs(examples: list[Example]) -> list[tuple[str, str]]:

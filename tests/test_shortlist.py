@@ -150,8 +150,8 @@ def test_int8_translation_with_the_shortlist_keeps_the_memorised_pairs(
 
 def test_the_shortlist_command_adds_one_to_a_checkpoint_without(tiny_checkpoint, tmp_path, mirror):
     bare = tmp_path / "bare.ckpt"
-    checkpoint_of_run = load_checkpoint(tiny_checkpoint)
     checkpoint = load_checkpoint(tiny_checkpoint)
+    saved_by_the_run = load_shortlist(checkpoint)
     del checkpoint["seq2seq"]["shortlist"]
     save_checkpoint(checkpoint, bare)
     assert Translator.from_checkpoint(bare, shortlist=True).shortlist is None
@@ -161,7 +161,7 @@ def test_the_shortlist_command_adds_one_to_a_checkpoint_without(tiny_checkpoint,
     shortlist = load_shortlist(load_checkpoint(bare))
     assert shortlist is not None and shortlist.candidates.shape[1] == 50
     # rebuilt from the 300 pairs the tiny run trained on, not the whole corpus
-    assert torch.equal(shortlist.candidates, load_shortlist(checkpoint_of_run).candidates)
+    assert torch.equal(shortlist.candidates, saved_by_the_run.candidates)
     copy = tmp_path / "copy.ckpt"
     shutil.copy(bare, copy)
     assert torch.equal(add_shortlist(copy, str(mirror)).candidates, shortlist.candidates)

@@ -149,8 +149,7 @@ def add_shortlist(path: str | Path, mirror: str | None = None) -> Shortlist:
     info = checkpoint["seq2seq"]
     source, target = Tokenizer(info["source_tokenizer"]), Tokenizer(info["target_tokenizer"])
     corpus, splits = load_recorded_corpus(info["corpus"], mirror)
-    # a run on the first N examples records N (older checkpoints: the whole split)
-    pairs = training_pairs(splits[corpus.train_split][: info["corpus"].get("max_train_examples")])
+    pairs = training_pairs(splits[corpus.train_split])
     ids = zip(source.encode([s for s, _ in pairs]), target.encode([t for _, t in pairs]))
     shortlist = build_shortlist(list(ids), source.vocab_size, target.vocab_size)
     info["shortlist"] = shortlist.to_dict()
