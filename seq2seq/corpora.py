@@ -244,6 +244,13 @@ class Corpus(ABC):
     def load(self, data_dir: Path) -> Splits:
         """Read the fetched files into every split."""
 
+    def load_for_training(self, data_dir: Path, max_train_examples: int | None = None) -> Splits:
+        """Every split, the training split cut to its first `max_train_examples` (None: all of
+        it): what a run so cut trains on, and what its checkpoint's readers must see again."""
+        splits = self.load(data_dir)
+        splits[self.train_split] = splits[self.train_split][:max_train_examples]
+        return splits
+
     def prepare(self, data_dir: Path, mirror: str | os.PathLike | None = None) -> None:
         for remote in self.remote_files():
             fetch(remote, data_dir, mirror)
@@ -456,9 +463,7 @@ def load_recorded_corpus(
     )
     data_dir = Path(info["data_dir"])
     corpus.prepare(data_dir, mirror)
-    splits = corpus.load(data_dir)
-    splits[corpus.train_split] = splits[corpus.train_split][: info.get("max_train_examples")]
-    return corpus, splits
+    return corpus, corpus.load_for_training(data_dir, info.get("max_train_examples"))
 
 
 def training_pairs(examples: list[Example]) -> list[tuple[str, str]]:

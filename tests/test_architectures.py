@@ -11,7 +11,7 @@ import torch
 
 from seq2seq.core import translate
 from seq2seq.core.checkpoint import load_checkpoint
-from seq2seq.core.model import CELLS, DECODERS
+from seq2seq.core.model import CELLS, DECODERS, ModelConfig, Seq2Seq
 from seq2seq.core.search import SearchSettings, greedy_search
 from seq2seq.core.translate import Translator, native_bf16
 from tests.conftest import tiny_train_args
@@ -114,6 +114,30 @@ def test_nbest_and_attention_rows_follow_each_hypothesis(trained, pairs):
 def test_int8_translation_keeps_the_memorised_pairs(trained, pairs):
     translator = Translator.from_checkpoint(trained[3], precision="int8")
     assert reproduced(translator, pairs, beam_size=5) >= 0.8
+
+
+@pytest.mark.parametrize("cell, decoder", ARCHITECTURES)
+def test_every_precision_keeps_the_energy_vector_fp32(cell, decoder):
+    config = ModelConfig(
+        embedding_size=8,
+        encoder_hidden_size=8,
+        decoder_hidden_size=16,
+        cell=cell,
+        decoder=decoder,
+        tie_embeddings=True,
+    )
+    net = Seq2Seq(40, 50, config)
+    stored = translate.bf16_decoder(net)
+    decoder_matrices = {
+        name: p.dtype for name, p in stored.decoder.named_parameters() if p.dim() == 2
+    }
+    assert decoder_matrices.pop("attention.energy.weight") == torch.float32
+    assert set(decoder_matrices.values()) == {torch.bfloat16}
+    assert {p.dtype for p in stored.encoder.parameters()} == {torch.float32}
+    assert {p.dtype for p in net.parameters()} == {torch.float32}  # the caller's stays fp32
+    quantized = translate.quantize_int8(net)
+    assert type(quantized.decoder.attention.energy) is torch.nn.Linear
+    assert type(quantized.decoder.attention.query_proj) is not torch.nn.Linear
 
 
 @pytest.mark.skipif(not native_bf16("cpu"), reason="this CPU has no native bf16")

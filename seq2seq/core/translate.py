@@ -71,18 +71,24 @@ INT8_LAYERS = (
 )
 
 
-def quantize_int8(net: Seq2Seq) -> torch.nn.Module:
-    """int8 weights for the linear and recurrent layers, activations quantized on the fly (CPU).
+def keeps_fp32(module_name: str) -> bool:
+    """The additive attention's energy layer stays fp32 in every precision: its weight is a
+    vector that the fused score reads directly in fp32 (`attention.additive_scores`), never a
+    layer call."""
+    return module_name.endswith("attention.energy")
 
-    The additive attention's energy layer stays as it is: its weight is a vector that
-    the fused score reads directly (see `attention.additive_scores`), never a layer call.
+
+def quantize_int8(net: Seq2Seq) -> torch.nn.Module:
+    """int8 weights for the linear and recurrent layers (but `keeps_fp32`), activations
+    quantized on the fly (CPU).
+
     PyTorch marks this eager-mode API deprecated in favour of torchao, which has no GRU
     support yet; it works in the pinned torch, so its notices are silenced here.
     """
     layers = {
         name
         for name, module in net.named_modules()
-        if isinstance(module, INT8_LAYERS) and not name.endswith("attention.energy")
+        if isinstance(module, INT8_LAYERS) and not keeps_fp32(name)
     }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -94,17 +100,18 @@ def bf16_decoder(net: Seq2Seq) -> Seq2Seq:
 
     Autocast casts them anew in every batch; stored in bf16 they give the same products
     in less time and memory (BENCHMARKS.md, "Precision"). The encoder stays fp32, since
-    autocast runs its packed recurrent layer in fp32, and so does the additive attention's
-    energy vector, which the fused score reads in fp32 (`attention.additive_scores`). Only
-    on a CPU, where it was measured: a GPU keeps autocast's casts.
+    autocast runs its packed recurrent layer in fp32, and so does the layer `keeps_fp32`
+    names. Only on a CPU, where it was measured: a GPU keeps autocast's casts.
     """
     if next(net.parameters()).device.type != "cpu":
         return net
     net = copy.deepcopy(net)
-    energy = getattr(net.decoder.attention, "energy", None)
-    for parameter in net.decoder.parameters():
-        if parameter.dim() == 2 and (energy is None or parameter is not energy.weight):
-            parameter.data = parameter.data.to(torch.bfloat16)
+    for name, module in net.decoder.named_modules():
+        if keeps_fp32(name):
+            continue
+        for parameter in module.parameters(recurse=False):
+            if parameter.dim() == 2:  # a tied weight comes twice: the second cast changes nothing
+                parameter.data = parameter.data.to(torch.bfloat16)
     return net
 
 

@@ -425,11 +425,7 @@ class TranslationDataModule(L.LightningDataModule):
     # ------------------------------------------------------------------ Lightning hooks
 
     def load_splits(self) -> dict[str, list[Example]]:
-        splits = self.corpus.load(self.data_dir)
-        if self.max_train_examples is not None:
-            splits[self.corpus.train_split] = splits[self.corpus.train_split][
-                : self.max_train_examples
-            ]
+        splits = self.corpus.load_for_training(self.data_dir, self.max_train_examples)
         for name in (self.corpus.train_split, self.corpus.valid_split):
             if not splits.get(name):
                 raise Seq2SeqError(
