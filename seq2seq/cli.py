@@ -214,6 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--output", default="BENCHMARKS", help="writes OUTPUT.md and OUTPUT.json")
     bench.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="-- SETTING VALUE",
+        help="after --: settings of the config for the training measurement, as seq2seq train "
+        "takes them (on a GPU: -- --data.max_tokens 8192)",
+    )
+    bench.add_argument(
         "--serve",
         action="store_true",
         help=(
@@ -591,6 +598,11 @@ def run_ablation(args: argparse.Namespace) -> None:
 def run_bench(args: argparse.Namespace) -> None:
     arguments = sys.argv[2:] if sys.argv[1:2] == ["bench"] else []
     command = shlex.join(["seq2seq", "bench", *arguments])
+    if args.overrides and (args.serve or args.peer):
+        raise Seq2SeqError(
+            f"settings after -- ({shlex.join(args.overrides)}) change the training measurement, "
+            "which --serve and --peer do not take: drop them or the mode"
+        )
     if args.serve:
         run_serve_bench(args, command)
         return
@@ -608,6 +620,7 @@ def run_bench(args: argparse.Namespace) -> None:
         args.steps,
         sentences=args.sentences,
         mirror=args.mirror,
+        overrides=args.overrides,
     )
     save(results, Path(args.output), args.config, checkpoint, command)
     print(f"Wrote {args.output}.md and {args.output}.json")

@@ -240,3 +240,29 @@ def test_a_partial_peer_summary_names_the_missing_line(tmp_path):
         read_peer_summary(summary)
     with pytest.raises(Seq2SeqError, match="run.sh first"):
         read_peer_summary(tmp_path / "missing.txt")
+
+
+def test_settings_after_a_double_dash_reach_the_training_measurement(monkeypatch, tmp_path):
+    from seq2seq.cli import main
+
+    calls = []
+    monkeypatch.setattr(
+        seq2seq.training.bench, "run_bench", lambda *args, **kwargs: calls.append(kwargs)
+    )
+    monkeypatch.setattr(seq2seq.training.bench, "save", lambda *args: None)
+    output = str(tmp_path / "bench")
+    arguments = [
+        "bench",
+        "--config",
+        str(TINY_CONFIG),
+        "--checkpoint",
+        "x.ckpt",
+        "--output",
+        output,
+    ]
+    assert main([*arguments, "--", "--data.max_tokens", "8192"]) == 0
+    assert main(arguments) == 0
+    assert [call["overrides"] for call in calls] == [["--data.max_tokens", "8192"], []]
+    for mode in (["--serve"], ["--peer", "summary.txt"]):
+        assert main([*arguments, *mode, "--", "--data.max_tokens", "8192"]) != 0
+    assert len(calls) == 2
