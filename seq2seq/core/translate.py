@@ -79,8 +79,8 @@ def keeps_fp32(module_name: str) -> bool:
 
 
 def quantize_int8(net: Seq2Seq) -> torch.nn.Module:
-    """int8 weights for the linear and recurrent layers (but `keeps_fp32`), activations
-    quantized on the fly (CPU).
+    """int8 weights for the linear and recurrent layers (all but the one `keeps_fp32` names),
+    activations quantized on the fly (CPU).
 
     PyTorch marks this eager-mode API deprecated in favour of torchao, which has no GRU
     support yet; it works in the pinned torch, so its notices are silenced here.
