@@ -2,13 +2,16 @@
 
 The data go to a temporary file beside the target (same folder, so same file system),
 are flushed to disk, and only then renamed over the target: readers see either the old
-file or the new one, never a mix.
+file or the new one, never a mix. A target that is no regular file (`/dev/null`,
+`/dev/stdout`, a named pipe) is written straight into: renaming over it would put a file
+where the device or the pipe was.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,9 +33,14 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """Yield a binary file; when the block ends without error it replaces `path` in one step.
 
     On any error (a full disk, an exception in the block) the temporary file is removed
-    and `path` keeps its previous content.
+    and `path` keeps its previous content. A symbolic link keeps pointing where it did:
+    the file it points to is replaced.
     """
-    path = Path(path)
+    if is_stream(Path(path)):
+        with open(path, "wb") as out:
+            yield out
+        return
+    path = Path(path).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_path(path)
     try:
@@ -45,6 +53,15 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
         tmp.unlink(missing_ok=True)
         raise
     sync_folder(path.parent)
+
+
+def is_stream(path: Path) -> bool:
+    """A device, a named pipe or a socket: something that takes data, not a file to replace."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
 def write_lines(path: str | os.PathLike, lines: list[str]) -> None:

@@ -101,6 +101,29 @@ def test_translate_command_with_files(tiny_checkpoint, training_examples, tmp_pa
     assert sum(is_one_of(o, e.references) for o, e in zip(output, training_examples)) >= 18
 
 
+def test_translate_command_writes_into_a_named_pipe_and_leaves_it_one(
+    tiny_checkpoint, training_examples, tmp_path
+):
+    source = tmp_path / "in.en"
+    source.write_text("".join(e.source + "\n" for e in training_examples[:20]), encoding="utf-8")
+    pipe = tmp_path / "out.fr"
+    os.mkfifo(pipe)
+    reader = os.open(pipe, os.O_RDONLY | os.O_NONBLOCK)  # 20 lines fit the pipe's buffer
+    try:
+        result = run_cli(
+            "translate", "--checkpoint", str(tiny_checkpoint), "--input", str(source),
+            "--output", str(pipe),
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        output = os.read(reader, 1 << 16).decode("utf-8").split("\n")[:-1]
+    finally:
+        os.close(reader)
+    assert pipe.is_fifo()
+    assert output == Translator.from_checkpoint(tiny_checkpoint).translate(
+        [e.source for e in training_examples[:20]]
+    )
+
+
 def test_translate_command_delivers_a_long_output_whole_through_a_pipe(
     tiny_checkpoint, training_examples
 ):

@@ -14,7 +14,7 @@ import pytest
 import torch
 from lightning.fabric.utilities.data import _set_sampler_epoch
 
-from seq2seq.atomic import atomic_write
+from seq2seq.atomic import atomic_write, write_lines
 from seq2seq.cli import main
 from seq2seq.core.checkpoint import load_checkpoint
 from seq2seq.errors import Seq2SeqError
@@ -241,6 +241,31 @@ def test_two_writers_of_one_file_never_mix_their_bytes(tmp_path):
         first.write(b"A" * 1000)
     assert path.read_bytes() == b"A" * 2000
     assert files_in(tmp_path) == ["source.model"]
+
+
+def test_a_named_pipe_is_written_into_not_replaced(tmp_path):
+    """`--output /dev/null` replaced the device with a file (as root: for the whole system)."""
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    reader = os.open(
+        pipe, os.O_RDONLY | os.O_NONBLOCK
+    )  # a reader waits, so the writer never blocks
+    try:
+        write_lines(pipe, ["eins", "zwei"])
+        assert os.read(reader, 100) == b"eins\nzwei\n"
+    finally:
+        os.close(reader)
+    assert pipe.is_fifo() and os.listdir(tmp_path) == ["pipe"]  # no temporary file left
+
+
+def test_a_symbolic_link_keeps_pointing_at_the_file_it_names(tmp_path):
+    target = tmp_path / "real.txt"
+    target.write_text("old\n")
+    link = tmp_path / "link.txt"
+    link.symlink_to(target)
+    write_lines(link, ["new"])
+    assert link.is_symlink() and link.resolve() == target
+    assert target.read_text() == "new\n"
 
 
 @pytest.mark.slow
