@@ -9,6 +9,7 @@ where the device or the pipe was.
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import stat
@@ -36,23 +37,31 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     and `path` keeps its previous content. A symbolic link keeps pointing where it did:
     the file it points to is replaced.
     """
-    if is_stream(Path(path)):
-        with open(path, "wb") as out:
-            yield out
-        return
-    path = Path(path).resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path(path)
+    path = Path(path)
     try:
-        with open(tmp, "xb") as out:  # x: never write into another writer's file
-            yield out
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+        if is_stream(path):
+            with open(path, "wb") as out:
+                yield out
+            return
+        if path.is_dir():  # named here: os.replace would name the temporary file
+            raise IsADirectoryError(errno.EISDIR, "a folder, not a file", str(path))
+        path = path.resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temporary_path(path)
+        try:
+            with open(tmp, "xb") as out:  # x: never write into another writer's file
+                yield out
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        sync_folder(path.parent)
+    except OSError as error:
+        if error.filename is None:  # a failed write or flush names no file: this is the one
+            error.filename = str(path)
         raise
-    sync_folder(path.parent)
 
 
 def is_stream(path: Path) -> bool:

@@ -73,6 +73,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Seq2SeqError as error:
         print(f"seq2seq: error: {error}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        raise
+    except OSError as error:  # a file given that cannot be read or written: one line, no traceback
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"seq2seq: error: {where}{error.strerror or error}", file=sys.stderr)
+        return 1
     except FloatingPointError as error:
         print(f"seq2seq: training stopped: {error}", file=sys.stderr)
         return 1
@@ -408,6 +414,8 @@ def run_translate(args: argparse.Namespace) -> None:
     from seq2seq.core.translate import Translator
     from seq2seq.corpora import read_lines
 
+    if args.output and Path(args.output).is_dir():  # before the work, not after it
+        raise Seq2SeqError(f"--output {args.output} is a folder: give a file to write")
     translator = Translator.from_checkpoint(
         args.checkpoint,
         args.device,

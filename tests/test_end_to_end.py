@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import unicodedata
+from pathlib import Path
 
 import pytest
 
@@ -122,6 +123,27 @@ def test_translate_command_writes_into_a_named_pipe_and_leaves_it_one(
     assert output == Translator.from_checkpoint(tiny_checkpoint).translate(
         [e.source for e in training_examples[:20]]
     )
+
+
+def test_an_output_folder_is_refused_before_any_work(tmp_path):
+    result = run_cli(
+        "translate", "--checkpoint", str(tmp_path / "none.ckpt"), "--output", str(tmp_path)
+    )
+    assert result.returncode == 1
+    assert (
+        result.stderr == f"seq2seq: error: --output {tmp_path} is a folder: give a file to write\n"
+    )
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full")
+def test_a_failed_write_is_one_line_naming_the_file(tiny_checkpoint, training_examples, tmp_path):
+    source = tmp_path / "in.en"
+    source.write_text(training_examples[0].source + "\n", encoding="utf-8")
+    args = ["translate", "--checkpoint", str(tiny_checkpoint), "--input", str(source)]
+    result = run_cli(*args, "--output", "/dev/full")
+    assert result.returncode == 1
+    assert result.stderr == "seq2seq: error: /dev/full: No space left on device\n"
+    assert Path("/dev/full").is_char_device()
 
 
 def test_translate_command_delivers_a_long_output_whole_through_a_pipe(
