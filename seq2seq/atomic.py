@@ -31,37 +31,44 @@ def temporary_path(path: Path) -> Path:
 
 @contextmanager
 def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
-    """Yield a binary file; when the block ends without error it replaces `path` in one step.
+    """Yield a binary file; when the block ends without error it replaces `path` in one step
+    (`replace_file`), or for a device or a pipe (`is_stream`) writes straight into it.
+
+    An `OSError` that names no file (a failed write or flush) is given `path` as its file.
+    """
+    path = Path(path)
+    try:
+        with open(path, "wb") if is_stream(path) else replace_file(path) as out:
+            yield out
+    except OSError as error:
+        if error.filename is None:
+            error.filename = str(path)
+        raise
+
+
+@contextmanager
+def replace_file(path: Path) -> Iterator[BinaryIO]:
+    """Yield a temporary file beside `path` that replaces it when the block ends.
 
     On any error (a full disk, an exception in the block) the temporary file is removed
     and `path` keeps its previous content. A symbolic link keeps pointing where it did:
     the file it points to is replaced.
     """
-    path = Path(path)
+    if path.is_dir():  # named here: os.replace would name the temporary file
+        raise IsADirectoryError(errno.EISDIR, "a folder, not a file", str(path))
+    path = path.resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_path(path)
     try:
-        if is_stream(path):
-            with open(path, "wb") as out:
-                yield out
-            return
-        if path.is_dir():  # named here: os.replace would name the temporary file
-            raise IsADirectoryError(errno.EISDIR, "a folder, not a file", str(path))
-        path = path.resolve()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temporary_path(path)
-        try:
-            with open(tmp, "xb") as out:  # x: never write into another writer's file
-                yield out
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        sync_folder(path.parent)
-    except OSError as error:
-        if error.filename is None:  # a failed write or flush names no file: this is the one
-            error.filename = str(path)
+        with open(tmp, "xb") as out:  # x: never write into another writer's file
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise
+    sync_folder(path.parent)
 
 
 def is_stream(path: Path) -> bool:

@@ -247,9 +247,8 @@ def test_a_named_pipe_is_written_into_not_replaced(tmp_path):
     """`--output /dev/null` replaced the device with a file (as root: for the whole system)."""
     pipe = tmp_path / "pipe"
     os.mkfifo(pipe)
-    reader = os.open(
-        pipe, os.O_RDONLY | os.O_NONBLOCK
-    )  # a reader waits, so the writer never blocks
+    # a reader waits, so the writer never blocks
+    reader = os.open(pipe, os.O_RDONLY | os.O_NONBLOCK)
     try:
         write_lines(pipe, ["eins", "zwei"])
         assert os.read(reader, 100) == b"eins\nzwei\n"
